@@ -1,0 +1,77 @@
+"""Exceptions raised by the Seedream provider."""
+
+from __future__ import annotations
+
+# Codes the service answers with HTTP 429 that waiting will not fix.
+NON_RETRYABLE_429_CODES = frozenset({"QuotaExceeded", "SetLimitExceeded"})
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class SeedreamError(Exception):
+    """Base class of every error raised by the provider."""
+
+
+class SeedreamValidationError(SeedreamError, ValueError):
+    """A request field is invalid; raised before anything is sent.
+
+    :param field: the request field (or operator argument) at fault.
+    :param message: what is wrong and what is allowed.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class SeedreamAPIError(SeedreamError):
+    """The endpoint answered with an error.
+
+    :param status: the HTTP status.
+    :param code: the service's error code, such as ``InvalidParameter``.
+    :param message: the service's message.
+    :param request_id: the request id the service gave, if any.
+    :param retry_after: seconds the service asked to wait (``Retry-After``), if any.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.retry_after = retry_after
+        text = f"HTTP {status}"
+        if code:
+            text += f" {code}"
+        text += f": {message}"
+        if request_id:
+            text += f" (request id {request_id})"
+        super().__init__(text)
+
+    @property
+    def retryable(self) -> bool:
+        """Whether waiting and sending the same request again may succeed."""
+        if self.status == 429:
+            return self.code not in NON_RETRYABLE_429_CODES
+        return self.status in RETRYABLE_STATUSES
+
+
+class SeedreamDownloadError(SeedreamError):
+    """An image that was generated could not be downloaded or decoded.
+
+    :param message: what went wrong; never the signed URL itself.
+    :param status: the HTTP status of the download, if one was received.
+    :param retryable: whether downloading again may succeed.
+    """
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = True) -> None:
+        self.status = status
+        self.retryable = retryable
+        super().__init__(message)
