@@ -51,7 +51,7 @@ class SeedreamAPIError(SeedreamError):
         if code:
             text += f" {code}"
         text += f": {message}"
-        if request_id:
+        if request_id and request_id not in message:
             text += f" (request id {request_id})"
         super().__init__(text)
 

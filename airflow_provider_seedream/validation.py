@@ -77,11 +77,15 @@ def parse_size(size: str) -> tuple[int, int] | None:
 
 
 def requested_image_count(body: Mapping[str, Any]) -> int:
-    """How many images the request may produce (its ``max_images`` in group mode, else 1)."""
+    """How many images the request asks for: its ``max_images`` in group mode, else 1.
+
+    A group request without ``max_images`` counts as 1: the service then fills the group up
+    to what the reference images leave of the limit.
+    """
     if body.get("sequential_image_generation") != "auto":
         return 1
     options = body.get("sequential_image_generation_options") or {}
-    return int(options.get("max_images", MAX_IMAGES_RANGE[1]))
+    return int(options.get("max_images", 1))
 
 
 def validate_request(body: Mapping[str, Any]) -> list[str]:

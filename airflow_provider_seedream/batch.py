@@ -1,0 +1,248 @@
+"""A batch of prompts generated concurrently, each image stored once, failures collected."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_seedream.exceptions import NON_RETRYABLE_429_CODES, SeedreamAPIError, SeedreamError
+from airflow_provider_seedream.references import Reference, Transport, resolve
+from airflow_provider_seedream.storage import StorageError, StoredObject
+
+if TYPE_CHECKING:
+    from airflow_provider_seedream.hooks.seedream import SeedreamHook
+    from airflow_provider_seedream.results import GeneratedImage, GenerationResult
+    from airflow_provider_seedream.storage import ImageStore
+
+# Fields that change how an image is delivered, not which image is made.
+DELIVERY_FIELDS = frozenset({"response_format", "stream"})
+ABORTING_STATUSES = frozenset({401, 403, 404})
+PROGRESS_SECONDS = 10.0
+
+
+def fingerprint(body: dict[str, Any], references: list[Reference]) -> str:
+    """A stable digest of what decides the image: the body, with references by identity."""
+    decisive = {key: value for key, value in body.items() if key not in DELIVERY_FIELDS}
+    if references:
+        decisive["image"] = [reference.identity for reference in references]
+    canonical = json.dumps(decisive, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PromptJob:
+    """One prompt, its validated request body and where its images go."""
+
+    index: int
+    prompt: str
+    body: dict[str, Any]
+    references: list[Reference]
+    fingerprint: str
+    extension: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Something that did not end in S3, and whether it had been paid for."""
+
+    prompt_index: int
+    image_index: int | None
+    stage: str
+    code: str
+    message: str
+    paid: bool
+
+    def describe(self) -> str:
+        where = f"prompt {self.prompt_index}" + (f" image {self.image_index}" if self.image_index is not None else "")
+        paid = " (paid for, NOT stored)" if self.paid else ""
+        return f"{where}: {self.stage} failed: {self.code}: {self.message}{paid}"
+
+
+@dataclass
+class BatchReport:
+    """What a batch stored, reused and lost."""
+
+    total_prompts: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    prompts_done: int = 0
+    generated: int = 0
+    reused: int = 0
+    billed_images: int = 0
+    output_tokens: int = 0
+
+    def summary(self) -> str:
+        lines = [
+            f"{len(self.failures)} failure(s) in a batch of {self.total_prompts} prompt(s); "
+            f"{self.generated} image(s) generated and stored, {self.reused} reused. "
+            "Images already stored are kept: a retry generates only what is missing."
+        ]
+        lines += [f"  - {failure.describe()}" for failure in self.failures[:50]]
+        if len(self.failures) > 50:
+            lines.append(f"  ... and {len(self.failures) - 50} more")
+        return "\n".join(lines)
+
+
+class BatchError(SeedreamError):
+    """Some prompts or images of a batch failed; the others were stored."""
+
+    def __init__(self, report: BatchReport) -> None:
+        self.report = report
+        super().__init__(report.summary())
+
+
+class BatchRunner:
+    """
+    Run prompt jobs on a pool of threads sharing one hook (one pooled HTTP session) and one store.
+
+    :param hook: the Seedream hook.
+    :param store: where images land.
+    :param s3_client: the client used to read ``s3://`` references.
+    :param transport: how local and ``s3://`` references are sent.
+    :param replace: generate even when the same images are already stored.
+    :param max_concurrency: prompts in flight at once.
+    :param log: where progress goes.
+    """
+
+    def __init__(
+        self,
+        hook: SeedreamHook,
+        store: ImageStore,
+        *,
+        s3_client: Any,
+        transport: Transport,
+        replace: bool,
+        max_concurrency: int,
+        log: logging.Logger,
+    ) -> None:
+        self.hook = hook
+        self.store = store
+        self.s3_client = s3_client
+        self.transport = transport
+        self.replace = replace
+        self.max_concurrency = max_concurrency
+        self.log = log
+        self._lock = threading.Lock()
+        self._abort: str | None = None
+
+    def run(self, jobs: list[PromptJob]) -> BatchReport:
+        report = BatchReport(total_prompts=len(jobs))
+        last_log = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="seedream") as pool:
+            futures = [pool.submit(self._run_job, job, report) for job in jobs]
+            for future in as_completed(futures):
+                future.result()
+                with self._lock:
+                    report.prompts_done += 1
+                now = time.monotonic()
+                if now - last_log >= PROGRESS_SECONDS or report.prompts_done == len(jobs):
+                    last_log = now
+                    self._log_progress(report)
+        report.records.sort(key=lambda record: (record["prompt_index"], record["image_index"]))
+        report.failures.sort(key=lambda failure: (failure.prompt_index, failure.image_index or 0))
+        return report
+
+    def _log_progress(self, report: BatchReport) -> None:
+        self.log.info(
+            "Progress: %d/%d prompts done; %d images generated, %d reused, %d failures; "
+            "billed images %d, output tokens %d",
+            report.prompts_done,
+            report.total_prompts,
+            report.generated,
+            report.reused,
+            len(report.failures),
+            report.billed_images,
+            report.output_tokens,
+        )
+
+    def _fail(self, report: BatchReport, failure: Failure) -> None:
+        with self._lock:
+            report.failures.append(failure)
+        log = self.log.error if failure.paid else self.log.warning
+        log("%s", failure.describe())
+
+    def _run_job(self, job: PromptJob, report: BatchReport) -> None:
+        if self._abort:
+            self._fail(report, Failure(job.index, None, "generation", "NotAttempted", self._abort, paid=False))
+            return
+        try:
+            if not self.replace:
+                stored = self.store.stored_group(job.index, job.fingerprint)
+                if stored is not None:
+                    with self._lock:
+                        report.reused += len(stored)
+                        report.records.extend(self._record(job, item, reused=True) for item in stored)
+                    return
+            result = self._generate(job)
+        except SeedreamAPIError as error:
+            if error.status in ABORTING_STATUSES or error.code in NON_RETRYABLE_429_CODES:
+                self._abort = f"stopped after HTTP {error.status} {error.code or ''}".strip()
+            self._fail(report, Failure(job.index, None, "generation", error.code or f"HTTP{error.status}", error.message, paid=False))
+            return
+        except (SeedreamError, StorageError) as error:
+            self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error), paid=False))
+            return
+        except Exception as error:  # a broken connection after every retry, an S3 outage...
+            self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error)[:300], paid=False))
+            return
+        with self._lock:
+            report.billed_images += int(result.usage.get("generated_images", len(result.succeeded)))
+            report.output_tokens += int(result.usage.get("output_tokens", 0))
+        group = tuple(image.index for image in result.succeeded)
+        for image in result.images:
+            if not image.ok:
+                self._fail(report, Failure(job.index, image.index, "generation", image.error_code or "Error", image.error_message or "", paid=False))
+                continue
+            self._store(job, result, image, group, report)
+
+    def _generate(self, job: PromptJob) -> GenerationResult:
+        body = dict(job.body)
+        if job.references:
+            body["image"] = [resolve(reference, self.s3_client, self.transport) for reference in job.references]
+        return self.hook.send_request(body)
+
+    def _store(
+        self, job: PromptJob, result: GenerationResult, image: GeneratedImage, group: tuple[int, ...], report: BatchReport
+    ) -> None:
+        key = self.store.key_for(job.index, image.index, job.extension)
+        try:
+            with tempfile.TemporaryFile(prefix="seedream-") as spool:
+                downloaded = self.hook.download_image(image, spool)
+                stored = StoredObject(
+                    bucket=self.store.bucket,
+                    key=key,
+                    prompt_index=job.index,
+                    image_index=image.index,
+                    model=result.model or str(job.body.get("model")),
+                    size=image.size or str(job.body.get("size", "")),
+                    content_type=downloaded.content_type,
+                    bytes=downloaded.bytes,
+                    sha256=downloaded.sha256,
+                    fingerprint=job.fingerprint,
+                    group=group,
+                )
+                self.store.upload(spool, stored, result.request_id)
+        except SeedreamError as error:
+            self._fail(report, Failure(job.index, image.index, "download", type(error).__name__, str(error), paid=True))
+            return
+        except StorageError as error:
+            self._fail(report, Failure(job.index, image.index, "upload", "StorageError", str(error), paid=True))
+            return
+        self.log.debug("Stored %s (%d bytes)", stored.s3_uri, stored.bytes)
+        with self._lock:
+            report.generated += 1
+            report.records.append(self._record(job, stored, reused=False))
+
+    @staticmethod
+    def _record(job: PromptJob, stored: StoredObject, *, reused: bool) -> dict[str, Any]:
+        record = asdict(stored)
+        record.pop("group", None)
+        record.update(s3_uri=stored.s3_uri, prompt=job.prompt, reused=reused)
+        return record

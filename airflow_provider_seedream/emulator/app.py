@@ -1,0 +1,331 @@
+"""The emulator's FastAPI app: the service's generation endpoint, image files and the control API.
+
+Service contract (as the real hosts answer):
+
+* ``POST /v1/images/generations`` and ``POST /api/v3/images/generations``
+* ``GET /_emulator/files/<id>.<ext>?<signature>``: the signed image links
+
+Control API (emulator only, no auth):
+
+* ``GET /_emulator/health``
+* ``GET /_emulator/config`` and ``POST /_emulator/config`` (JSON of the knobs to change)
+* ``GET /_emulator/stats``, ``GET /_emulator/images``
+* ``POST /_emulator/reset``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from airflow_provider_seedream.emulator.config import EmulatorConfig
+from airflow_provider_seedream.emulator.generation import (
+    GenerationPlan,
+    image_count,
+    produce,
+    prompt_digest,
+    resolve_format,
+    resolve_size,
+)
+from airflow_provider_seedream.emulator.images import MAX_RENDER_PIXELS, ImageCache, shared_cache
+from airflow_provider_seedream.emulator.references import ReferenceFetchError, fetch_references
+from airflow_provider_seedream.emulator.responses import (
+    BrokenResponse,
+    ImageStreamResponse,
+    install_break_filter,
+    service_error,
+)
+from airflow_provider_seedream.emulator.signing import ACCESS_DENIED_BODY, UrlSigner, matches
+from airflow_provider_seedream.emulator.state import EmulatorState
+from airflow_provider_seedream.exceptions import SeedreamValidationError
+from airflow_provider_seedream.validation import validate_request
+
+log = logging.getLogger(__name__)
+
+GENERATION_PATHS = ("/v1/images/generations", "/api/v3/images/generations")
+_REQUIRED_FIELDS = ("model", "prompt")
+_SLOW_POLL_SECONDS = 0.1
+# A reset answers headers that promise this many bytes, then only the first few.
+_RESET_DECLARED = 4096
+_RESET_PARTIAL = b'{"created": '
+_NO_SUCH_KEY_BODY = b'{"Code":"NoSuchKey","Message":"The specified key does not exist.","EC":"0026-00000001"}'
+_STORAGE_ERROR_BODY = (
+    b'{"Code":"InternalError","Message":"We encountered an internal error. Please try again.","EC":"0005-00000001"}'
+)
+
+
+class RequestIdMiddleware:
+    """Give every request an id (``request.state.request_id``) and answer it in ``x-request-id``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Set the request id in the scope's state and add the header to the response."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + secrets.token_hex(10)
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class _Abandoned(Response):
+    """Stands for the answer to a client that left: nothing reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=408)
+
+
+def create_app(config: EmulatorConfig | None = None, *, cache: ImageCache | None = None) -> FastAPI:
+    """Build the emulator app.
+
+    :param config: the knobs at start (and after each reset); defaults to :class:`EmulatorConfig`.
+    :param cache: where rendered bases are kept; defaults to the process-wide cache.
+    """
+    state = EmulatorState(config or EmulatorConfig())
+    signer = UrlSigner()
+    images = cache or shared_cache()
+    install_break_filter()
+
+    app = FastAPI(title="Seedream emulator", description="A local emulator of the Seedream image endpoint.")
+    app.add_middleware(RequestIdMiddleware)
+    app.state.emulator = state
+
+    async def generate_images(request: Request) -> Response:
+        state.count("generation_requests")
+        response = await _generation(request, state, signer, images)
+        if not isinstance(response, (BrokenResponse, _Abandoned)):
+            state.count_status("generation_status", response.status_code)
+        return response
+
+    for path in GENERATION_PATHS:
+        app.add_api_route(path, generate_images, methods=["POST"], include_in_schema=True, summary="Generate images")
+
+    @app.get("/_emulator/files/{file_name}", summary="Download a generated image (signed link)")
+    async def download(file_name: str, request: Request) -> Response:
+        state.count("downloads")
+        response = _download(file_name, request, state)
+        if not isinstance(response, ImageStreamResponse) or response.complete:
+            state.count_status("download_status", response.status_code)
+        return response
+
+    @app.get("/_emulator/health", summary="Whether the emulator is up")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "renders": images.renders}
+
+    @app.get("/_emulator/config", summary="The current knobs")
+    async def get_config() -> dict[str, Any]:
+        return state.config_view()
+
+    @app.post("/_emulator/config", summary="Change knobs (JSON of the fields to change)")
+    async def post_config(request: Request) -> Response:
+        try:
+            changes = json.loads(await request.body() or b"{}")
+            if not isinstance(changes, dict):
+                raise ValueError("the body must be a JSON object of knobs to change")
+            return JSONResponse(state.update_config(changes))
+        except ValueError as error:
+            return JSONResponse(
+                {"error": {"code": "InvalidParameter", "message": str(error), "type": "BadRequest"}}, status_code=400
+            )
+
+    @app.get("/_emulator/stats", summary="Counters since the last reset")
+    async def get_stats() -> dict[str, Any]:
+        return state.stats()
+
+    @app.get("/_emulator/images", summary="Images generated since the last reset")
+    async def get_images() -> list[dict[str, Any]]:
+        return state.images()
+
+    @app.post("/_emulator/reset", summary="Clear counters, images and scripts; restore the knobs given at start")
+    async def reset() -> dict[str, str]:
+        state.reset()
+        return {"status": "reset"}
+
+    return app
+
+
+def _authorized(request: Request, config: EmulatorConfig) -> bool:
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        return False
+    return config.api_key is None or hmac.compare_digest(key.encode(), config.api_key.encode())
+
+
+async def _generation(request: Request, state: EmulatorState, signer: UrlSigner, cache: ImageCache) -> Response:
+    request_id: str = request.state.request_id
+    config = state.config
+
+    def bad_request(code: str, message: str, param: str | None = None) -> Response:
+        return service_error(400, code, message, request_id, error_type="BadRequest", param=param)
+
+    if not _authorized(request, config):
+        return service_error(
+            401,
+            "AuthenticationError",
+            "The API key in the request is missing or invalid.",
+            request_id,
+            error_type="Unauthorized",
+        )
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return bad_request("InvalidParameter", "The request body is not valid JSON.")
+    if not isinstance(body, dict):
+        return bad_request("InvalidParameter", "The request body must be a JSON object.")
+    for name in _REQUIRED_FIELDS:
+        if name not in body:
+            return bad_request(
+                "MissingParameter", f"The request failed because it is missing the `{name}` parameter.", name
+            )
+    try:
+        validate_request(body)
+    except SeedreamValidationError as error:
+        return bad_request("InvalidParameter", str(error), error.field)
+    if body.get("stream"):
+        return bad_request(
+            "InvalidParameter", "stream: streaming (server-sent events) is not supported by the emulator.", "stream"
+        )
+    prompt: str = body["prompt"]
+    if config.refuse_marker and config.refuse_marker in prompt:
+        state.count_fault("refused")
+        return bad_request(
+            "InputTextSensitiveContentDetected",
+            "The request failed because the input text may contain sensitive information.",
+            "prompt",
+        )
+    width, height = resolve_size(body)
+    if width * height > MAX_RENDER_PIXELS:
+        return bad_request(
+            "InvalidParameter", f"size: the emulator renders at most {MAX_RENDER_PIXELS:,} pixels.", "size"
+        )
+
+    image = body.get("image")
+    references = [image] if isinstance(image, str) else list(image or [])
+    if references:
+        state.count("references", len(references))
+        state.count("reference_requests")
+        remote = [(index, url) for index, url in enumerate(references) if url.startswith(("http://", "https://"))]
+        if remote and config.fetch_references:
+            try:
+                await fetch_references(remote, config.reference_timeout)
+            except ReferenceFetchError as error:
+                return bad_request("InvalidImageURL.ImageDownloadFailed", str(error), f"image[{error.index}]")
+
+    fault = state.next_generation_fault()
+    if fault != "ok":
+        log.info("Injecting fault %s into generation request %s", fault, request_id)
+    if fault == "quota":
+        state.count_fault("quota")
+        return service_error(
+            429,
+            "QuotaExceeded",
+            "You have exceeded the quota of your account for this model.",
+            request_id,
+            error_type="TooManyRequests",
+            param="",
+        )
+    if fault == "429":
+        state.count_fault("429")
+        return service_error(
+            429,
+            "RequestBurstTooFast",
+            "The request was rejected because the request rate increased too fast. Please slow down.",
+            request_id,
+            error_type="TooManyRequests",
+            param="",
+            headers={"Retry-After": f"{config.retry_after:g}"},
+        )
+    if config.latency:
+        await asyncio.sleep(config.latency)
+    if fault == "500":
+        state.count_fault("500")
+        return service_error(
+            500,
+            "InternalServiceError",
+            "The service encountered an unexpected internal error.",
+            request_id,
+            error_type="InternalServerError",
+            param="",
+        )
+    if fault == "reset":
+        state.count_fault("reset")
+        return BrokenResponse(_RESET_PARTIAL, declared=_RESET_DECLARED)
+    if fault == "slow":
+        state.count_fault("slow")
+        if not await _wait_while_connected(request, config.slow_seconds):
+            state.count("abandoned")
+            log.debug("Client left slow request %s before generation", request_id)
+            return _Abandoned()
+
+    count = image_count(body)
+    failing = state.draw_item_failures(count, config.rate_item_error)
+    if config.item_error_marker and config.item_error_marker in prompt:
+        failing.add(count - 1)
+    plan = GenerationPlan(
+        model=body["model"],
+        prompt_sha256=prompt_digest(prompt),
+        width=width,
+        height=height,
+        fmt=resolve_format(body),
+        count=count,
+        failing=frozenset(failing),
+        response_format=body.get("response_format", "url"),
+        request_id=request_id,
+        base_url=str(request.base_url),
+        url_ttl=config.url_ttl,
+    )
+    outcome = await asyncio.to_thread(produce, plan, cache, signer)
+    state.add_images(outcome.records, outcome.item_errors)
+    return Response(content=outcome.body, media_type="application/json")
+
+
+async def _wait_while_connected(request: Request, seconds: float) -> bool:
+    """Sleep ``seconds``; return ``False`` as soon as the client is gone."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (remaining := deadline - loop.time()) > 0:
+        await asyncio.sleep(min(_SLOW_POLL_SECONDS, remaining))
+        if await request.is_disconnected():
+            return False
+    return not await request.is_disconnected()
+
+
+def _download(file_name: str, request: Request, state: EmulatorState) -> Response:
+    image_id, _, _ = file_name.partition(".")
+    record = state.image(image_id)
+    if record is None or record.file_name != file_name:
+        return Response(_NO_SUCH_KEY_BODY, status_code=404, media_type="application/json")
+    if not matches(record.query, request.scope.get("query_string", b"")) or time.time() >= record.expires_at:
+        state.count_fault("denied")
+        return Response(ACCESS_DENIED_BODY, status_code=403, media_type="application/json")
+    fault = state.next_download_fault()
+    if fault != "ok":
+        log.info("Injecting fault %s into download of %s", fault, image_id)
+    if fault == "500":
+        state.count_fault("download_500")
+        return Response(_STORAGE_ERROR_BODY, status_code=500, media_type="application/json")
+    if fault == "truncate":
+        state.count_fault("truncate")
+        return ImageStreamResponse(record, limit=record.length // 2)
+    state.count("downloads_ok")
+    return ImageStreamResponse(record)

@@ -1,0 +1,137 @@
+"""The emulator's knobs: faults, delays and checks, settable at start and at run time."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Faults a generation script may name, applied in order to the next generation requests.
+GENERATION_FAULTS = ("ok", "429", "500", "reset", "slow", "quota")
+#: Faults a download script may name, applied in order to the next downloads.
+DOWNLOAD_FAULTS = ("ok", "truncate", "500")
+
+_RATES = (
+    "rate_429",
+    "rate_500",
+    "rate_reset",
+    "rate_slow",
+    "rate_item_error",
+    "rate_truncate",
+    "rate_download_500",
+)
+_DURATIONS = ("latency", "retry_after", "slow_seconds", "url_ttl", "reference_timeout")
+_FLAGS = ("quota_exceeded", "fetch_references")
+_MARKERS = ("refuse_marker", "item_error_marker")
+_SCRIPTS = {"script": GENERATION_FAULTS, "download_script": DOWNLOAD_FAULTS}
+
+
+@dataclass
+class EmulatorConfig:
+    """What the emulator checks and which faults it injects.
+
+    Rates are shares from 0 to 1 drawn per request (per item for ``rate_item_error``).
+    The generation rates ``rate_429``, ``rate_500``, ``rate_reset`` and ``rate_slow`` are
+    exclusive and must add up to at most 1; so must ``rate_truncate`` and ``rate_download_500``.
+
+    :param api_key: the only key accepted; ``None`` accepts any non-empty bearer key.
+    :param latency: seconds added to each generation request that reaches the model.
+    :param rate_429: share of generation requests answered 429 ``RequestBurstTooFast``.
+    :param retry_after: seconds sent in ``Retry-After`` with ``RequestBurstTooFast``.
+    :param quota_exceeded: answer every generation request 429 ``QuotaExceeded``.
+    :param rate_500: share of generation requests answered 500 ``InternalServiceError``.
+    :param rate_reset: share of generation requests whose connection breaks mid-response.
+    :param rate_slow: share of generation requests delayed by ``slow_seconds``.
+    :param slow_seconds: the delay of a slow request.
+    :param refuse_marker: a prompt holding it is refused with ``InputTextSensitiveContentDetected``.
+    :param rate_item_error: share of items that fail with ``OutputImageSensitiveContentDetected``.
+    :param item_error_marker: a prompt holding it has its last item fail.
+    :param rate_truncate: share of downloads cut short.
+    :param rate_download_500: share of downloads answered 500.
+    :param url_ttl: seconds a signed image link stays valid.
+    :param fetch_references: fetch http(s) reference images and check they are images.
+    :param reference_timeout: seconds allowed to fetch one reference image.
+    :param fault_seed: seed of the random fault choices, for reproducible runs.
+    :param script: faults applied in order to the next generation requests, before any random one
+        (``ok``, ``429``, ``500``, ``reset``, ``slow``, ``quota``).
+    :param download_script: faults applied in order to the next downloads
+        (``ok``, ``truncate``, ``500``).
+    """
+
+    api_key: str | None = None
+    latency: float = 0.0
+    rate_429: float = 0.0
+    retry_after: float = 1.0
+    quota_exceeded: bool = False
+    rate_500: float = 0.0
+    rate_reset: float = 0.0
+    rate_slow: float = 0.0
+    slow_seconds: float = 30.0
+    refuse_marker: str = "[refuse]"
+    rate_item_error: float = 0.0
+    item_error_marker: str = "[item-error]"
+    rate_truncate: float = 0.0
+    rate_download_500: float = 0.0
+    url_ttl: float = 86400.0
+    fetch_references: bool = True
+    reference_timeout: float = 5.0
+    fault_seed: int | None = None
+    script: list[str] = field(default_factory=list)
+    download_script: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in _RATES:
+            value = _number(name, getattr(self, name))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be from 0 to 1, got {value}")
+            setattr(self, name, value)
+        for name in _DURATIONS:
+            value = _number(name, getattr(self, name))
+            if value < 0:
+                raise ValueError(f"{name} must not be negative, got {value}")
+            setattr(self, name, value)
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in _MARKERS:
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string (empty to disable), got {getattr(self, name)!r}")
+        if self.api_key is not None and not isinstance(self.api_key, str):
+            raise ValueError("api_key must be a string or null")
+        if self.api_key == "":
+            self.api_key = None
+        if self.fault_seed is not None and (isinstance(self.fault_seed, bool) or not isinstance(self.fault_seed, int)):
+            raise ValueError(f"fault_seed must be an integer or null, got {self.fault_seed!r}")
+        for name, allowed in _SCRIPTS.items():
+            script = getattr(self, name)
+            if isinstance(script, (str, bytes)) or not isinstance(script, (list, tuple)):
+                raise ValueError(f"{name} must be a list of {', '.join(allowed)}")
+            entries = [str(entry) for entry in script]
+            unknown = [entry for entry in entries if entry not in allowed]
+            if unknown:
+                raise ValueError(f"{name} holds {unknown}; allowed: {', '.join(allowed)}")
+            setattr(self, name, entries)
+        if self.rate_429 + self.rate_500 + self.rate_reset + self.rate_slow > 1.0 + 1e-9:
+            raise ValueError("rate_429 + rate_500 + rate_reset + rate_slow must be at most 1")
+        if self.rate_truncate + self.rate_download_500 > 1.0 + 1e-9:
+            raise ValueError("rate_truncate + rate_download_500 must be at most 1")
+
+    def with_changes(self, changes: Mapping[str, Any]) -> EmulatorConfig:
+        """Return a copy with ``changes`` applied; raise :class:`ValueError` on an unknown or invalid knob."""
+        known = {item.name for item in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown knob(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **dict(changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the knobs as a JSON-safe dict."""
+        return dataclasses.asdict(self)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)

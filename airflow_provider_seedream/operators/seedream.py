@@ -1,0 +1,319 @@
+"""SeedreamToS3Operator: render prompts, generate images, stream them to S3, report what was stored."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow_provider_seedream.exceptions import SeedreamValidationError
+
+if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk import Context
+    from airflow_provider_seedream.batch import BatchReport, PromptJob
+    from airflow_provider_seedream.hooks.seedream import SeedreamHook
+    from airflow_provider_seedream.references import Reference
+
+# Request fields the operator takes as arguments, under their API names.
+GENERATION_FIELDS = (
+    "model",
+    "size",
+    "response_format",
+    "watermark",
+    "guidance_scale",
+    "seed",
+    "sequential_image_generation",
+    "sequential_image_generation_options",
+    "output_format",
+    "optimize_prompt_options",
+    "tools",
+    "layer_decomposition",
+)
+# Fields a prompt given as a mapping may override for itself.
+PROMPT_ITEM_FIELDS = frozenset(GENERATION_FIELDS) | {"image", "extra_parameters"}
+REFERENCE_STAND_IN = "https://reference.invalid/{}"
+
+
+class SeedreamToS3Operator(BaseOperator):
+    """
+    Generate images with a Seedream model and store each one in S3.
+
+    Each image lands at ``<s3_prefix>/<prompt index>-<image index>.<ext>``, a key decided by
+    the prompt's and the image's positions, with object metadata holding a fingerprint of
+    the prompt and generation parameters. With ``replace=False`` a prompt whose images are
+    already stored from the same prompt and parameters is not generated again, so a rerun,
+    a retry or a backfill of unchanged prompts costs nothing. Every image that was paid for
+    is stored even when others fail; the task then fails with a summary of what failed.
+
+    :param prompt: one prompt or a list of prompts (templated; ``.txt``/``.j2`` files are
+        rendered as templates). An item may also be a mapping with ``prompt`` and any
+        generation field (or ``image``) that applies to that prompt alone.
+    :param s3_bucket: the bucket the images go to (templated).
+    :param s3_prefix: the key prefix (templated). A mapped task instance adds ``map-<index>/``
+        unless ``prompt_index_offset`` places its prompts.
+    :param aws_conn_id: the AWS connection; its ``endpoint_url`` extra selects any S3-compatible store.
+    :param seedream_conn_id: the Seedream connection.
+    :param model: the model id (templated); defaults to the connection's.
+    :param size: a preset (``1K``, ``2K``, ``3K``, ``4K``) or ``WxH`` (templated).
+    :param response_format: ``url`` or ``b64_json``.
+    :param image: reference images for every prompt (templated): http(s) URLs, data URIs,
+        local paths or ``s3://`` URIs, at most 14.
+    :param watermark: add the service's "AI generated" mark.
+    :param guidance_scale: 1.0 to 10.0 (3.0 models).
+    :param seed: -1 to 2147483647 (3.0 models).
+    :param sequential_image_generation: ``auto`` for a group of images per prompt, or ``disabled``.
+    :param sequential_image_generation_options: e.g. ``{"max_images": 4}``.
+    :param output_format: ``png`` or ``jpeg``.
+    :param optimize_prompt_options: e.g. ``{"mode": "standard"}``.
+    :param tools: e.g. ``[{"type": "web_search"}]``.
+    :param layer_decomposition: ask for the image split into layers.
+    :param extra_parameters: any other request fields, sent as given (templated).
+    :param replace: generate again even when the same images are already stored.
+    :param max_concurrency: prompts in flight at once within the task.
+    :param reference_transport: how local and ``s3://`` references are sent: ``data_uri`` or
+        ``presigned_url`` (the service must then reach the S3 endpoint).
+    :param prompt_index_offset: added to each prompt's position to form its index and key.
+    :param hook_params: extra arguments for :class:`SeedreamHook` (timeouts, retries).
+    """
+
+    template_fields: Sequence[str] = ("prompt", "s3_bucket", "s3_prefix", "model", "size", "image", "extra_parameters")
+    template_ext: Sequence[str] = (".txt", ".j2", ".jinja2")
+    template_fields_renderers = {"extra_parameters": "json"}
+    ui_color = "#f4d6c6"
+
+    def __init__(
+        self,
+        *,
+        prompt: str | list[Any],
+        s3_bucket: str,
+        s3_prefix: str = "",
+        aws_conn_id: str | None = "aws_default",
+        seedream_conn_id: str = "seedream_default",
+        model: str | None = None,
+        size: str | None = None,
+        response_format: str | None = None,
+        image: str | list[str] | None = None,
+        watermark: bool | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        sequential_image_generation: str | None = None,
+        sequential_image_generation_options: dict[str, Any] | None = None,
+        output_format: str | None = None,
+        optimize_prompt_options: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        layer_decomposition: bool | None = None,
+        extra_parameters: dict[str, Any] | None = None,
+        replace: bool = False,
+        max_concurrency: int = 8,
+        reference_transport: str = "data_uri",
+        prompt_index_offset: int | None = None,
+        hook_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prompt = prompt
+        self.s3_bucket = s3_bucket
+        self.s3_prefix = s3_prefix
+        self.aws_conn_id = aws_conn_id
+        self.seedream_conn_id = seedream_conn_id
+        self.model = model
+        self.size = size
+        self.response_format = response_format
+        self.image = image
+        self.watermark = watermark
+        self.guidance_scale = guidance_scale
+        self.seed = seed
+        self.sequential_image_generation = sequential_image_generation
+        self.sequential_image_generation_options = sequential_image_generation_options
+        self.output_format = output_format
+        self.optimize_prompt_options = optimize_prompt_options
+        self.tools = tools
+        self.layer_decomposition = layer_decomposition
+        self.extra_parameters = extra_parameters or {}
+        self.replace = replace
+        self.max_concurrency = max_concurrency
+        self.reference_transport = reference_transport
+        self.prompt_index_offset = prompt_index_offset
+        self.hook_params = hook_params or {}
+
+    @cached_property
+    def hook(self) -> SeedreamHook:
+        """The Seedream hook, shared by every thread of the task."""
+        from airflow_provider_seedream.hooks.seedream import SeedreamHook
+
+        params = {"pool_maxsize": max(self.max_concurrency, 10), **self.hook_params}
+        return SeedreamHook(seedream_conn_id=self.seedream_conn_id, **params)
+
+    @cached_property
+    def s3_hook(self) -> S3Hook:
+        """The amazon provider's S3 hook, its connection pool sized for ``max_concurrency``."""
+        from botocore.config import Config
+
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        base = S3Hook(aws_conn_id=self.aws_conn_id).conn_config.botocore_config or Config()
+        pool = Config(max_pool_connections=max(10, 2 * self.max_concurrency))
+        return S3Hook(aws_conn_id=self.aws_conn_id, config=base.merge(pool))
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        from boto3.s3.transfer import TransferConfig
+
+        from airflow_provider_seedream.batch import BatchError, BatchRunner
+        from airflow_provider_seedream.storage import ImageStore
+
+        items = self._prompt_items()
+        self._check_arguments()
+        self._check_connections()
+        client = self.s3_hook.conn
+        store = ImageStore(client, self.s3_bucket, self._key_prefix(context), TransferConfig(use_threads=False))
+        jobs = [self._job(position, item, client) for position, item in enumerate(items)]
+        store.check_bucket()
+        self.log.info(
+            "Generating images for %d prompt(s) into s3://%s/%s with concurrency %d",
+            len(jobs),
+            store.bucket,
+            store.prefix,
+            self.max_concurrency,
+        )
+        runner = BatchRunner(
+            self.hook,
+            store,
+            s3_client=client,
+            transport=self.reference_transport,  # type: ignore[arg-type]
+            replace=self.replace,
+            max_concurrency=self.max_concurrency,
+            log=self.log,
+        )
+        try:
+            report = runner.run(jobs)
+        finally:
+            self.hook.close()
+        self._record_asset_events(context, report)
+        if report.failures:
+            raise BatchError(report)
+        self.log.info(
+            "Stored %d image(s): %d generated, %d reused; billed images %d",
+            len(report.records),
+            report.generated,
+            report.reused,
+            report.billed_images,
+        )
+        return report.records
+
+    # -- checks done before any request is sent ----------------------------------------------
+
+    def _prompt_items(self) -> list[dict[str, Any]]:
+        prompts = self.prompt
+        if isinstance(prompts, (str, Mapping)):
+            prompts = [prompts]
+        if not isinstance(prompts, Sequence) or not prompts:
+            raise SeedreamValidationError("prompt", "must be a non-empty string or a non-empty list of prompts")
+        items = []
+        for position, prompt in enumerate(prompts):
+            field = f"prompt[{position}]"
+            item = dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
+            unknown = set(item) - PROMPT_ITEM_FIELDS - {"prompt"}
+            if unknown:
+                raise SeedreamValidationError(
+                    field, f"unknown keys {sorted(unknown)}; a prompt mapping may hold 'prompt' and {sorted(PROMPT_ITEM_FIELDS)}"
+                )
+            text = item.get("prompt")
+            if not isinstance(text, str) or not text.strip():
+                raise SeedreamValidationError(field, f"must be a non-empty string, got {type(text).__name__} {text!r:.40}")
+            items.append(item)
+        return items
+
+    def _check_arguments(self) -> None:
+        from airflow_provider_seedream.references import TRANSPORTS
+
+        if not isinstance(self.s3_bucket, str) or not self.s3_bucket.strip():
+            raise SeedreamValidationError("s3_bucket", "must name a bucket")
+        if not isinstance(self.s3_prefix, str):
+            raise SeedreamValidationError("s3_prefix", "must be a string")
+        if isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
+            raise SeedreamValidationError("max_concurrency", f"must be an integer of at least 1, got {self.max_concurrency!r}")
+        if self.reference_transport not in TRANSPORTS:
+            raise SeedreamValidationError(
+                "reference_transport", f"must be one of {', '.join(TRANSPORTS)}; got {self.reference_transport!r}"
+            )
+        if not isinstance(self.extra_parameters, Mapping):
+            raise SeedreamValidationError("extra_parameters", "must be a mapping of request fields")
+
+    def _check_connections(self) -> None:
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            self.hook.settings
+        except AirflowNotFoundException:
+            raise SeedreamValidationError(
+                "seedream_conn_id", f"connection {self.seedream_conn_id!r} is not defined; create a 'seedream' connection"
+            ) from None
+        if self.aws_conn_id and self.aws_conn_id != "aws_default":
+            try:
+                BaseHook.get_connection(self.aws_conn_id)
+            except AirflowNotFoundException:
+                raise SeedreamValidationError(
+                    "aws_conn_id", f"connection {self.aws_conn_id!r} is not defined; create an 'aws' connection"
+                ) from None
+
+    def _job(self, position: int, item: dict[str, Any], client: Any) -> PromptJob:
+        from airflow_provider_seedream.batch import PromptJob, fingerprint
+        from airflow_provider_seedream.references import check_references
+        from airflow_provider_seedream.storage import image_extension
+
+        index = (self.prompt_index_offset or 0) + position
+        parameters: dict[str, Any] = {name: getattr(self, name) for name in GENERATION_FIELDS}
+        parameters.update(self.extra_parameters)
+        parameters.update({key: value for key, value in item.items() if key not in ("prompt", "image", "extra_parameters")})
+        parameters.update(item.get("extra_parameters") or {})
+        field = "image" if "image" not in item else f"prompt[{position}].image"
+        references: list[Reference] = check_references(item.get("image", self.image), client, field)
+        if references:
+            # Validate the count and form now; local and s3:// images are read when the prompt is sent.
+            parameters["image"] = [
+                reference.source if reference.kind in ("url", "data_uri") else REFERENCE_STAND_IN.format(n)
+                for n, reference in enumerate(references)
+            ]
+        try:
+            body = self.hook.build_request(item["prompt"], **parameters)
+        except SeedreamValidationError as error:
+            raise SeedreamValidationError(error.field, f"{error.message} (prompt {index})") from None
+        body.pop("image", None)
+        return PromptJob(
+            index=index,
+            prompt=item["prompt"],
+            body=body,
+            references=references,
+            fingerprint=fingerprint(body, references),
+            extension=image_extension(body.get("output_format"), str(body.get("model"))),
+        )
+
+    def _key_prefix(self, context: Context) -> str:
+        prefix = self.s3_prefix.strip("/")
+        map_index = getattr(context.get("ti"), "map_index", -1)
+        if map_index is not None and map_index >= 0 and self.prompt_index_offset is None:
+            return f"{prefix}/map-{map_index:05d}" if prefix else f"map-{map_index:05d}"
+        return prefix
+
+    def _record_asset_events(self, context: Context, report: BatchReport) -> None:
+        """Attach what was stored to the asset events of the task's outlets."""
+        from airflow.sdk import Asset
+
+        outlets = [outlet for outlet in self.outlets if isinstance(outlet, Asset)]
+        if not outlets or "outlet_events" not in context:
+            return
+        extra = {
+            "bucket": self.s3_bucket,
+            "prefix": self.s3_prefix,
+            "count": len(report.records),
+            "generated": report.generated,
+            "reused": report.reused,
+            "failed": len(report.failures),
+            "keys": [record["key"] for record in report.records[:1000]],
+            "prompts": sorted({record["prompt"] for record in report.records})[:100],
+        }
+        for outlet in outlets:
+            context["outlet_events"][outlet].extra.update(extra)

@@ -1,0 +1,370 @@
+"""SeedreamHook against the emulator over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from airflow_provider_seedream.exceptions import SeedreamAPIError, SeedreamDownloadError, SeedreamValidationError
+from airflow_provider_seedream.hooks.seedream import SeedreamHook, endpoint_url
+from airflow_provider_seedream.results import GeneratedImage
+from tests.conftest import API_KEY
+
+FAST = {"retry_min_wait": 0.01, "retry_max_wait": 0.05, "max_retries": 4}
+PNG_1PX = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+    )
+).decode()
+
+
+@pytest.fixture
+def hook(seedream_emulator) -> SeedreamHook:
+    return SeedreamHook(**FAST)
+
+
+def served(emulator) -> dict[str, str]:
+    return {image["id"]: image["sha256"] for image in emulator.images()}
+
+
+def test_generates_and_downloads_an_image_by_url(hook, seedream_emulator):
+    result = hook.generate_images("a red apple on a table", size="1K", watermark=False)
+
+    assert result.model == "doubao-seedream-5-0-260128"
+    assert result.usage["generated_images"] == 1
+    [image] = result.images
+    assert image.ok and image.url and image.size == "1024x1024"
+    buffer = io.BytesIO()
+    downloaded = hook.download_image(image, buffer)
+    assert downloaded.sha256 == hashlib.sha256(buffer.getvalue()).hexdigest()
+    assert downloaded.sha256 in served(seedream_emulator).values()
+    assert downloaded.format == "jpeg" and downloaded.content_type == "image/jpeg"
+    assert Image.open(io.BytesIO(buffer.getvalue())).size == (1024, 1024)
+
+
+def test_b64_json_is_decoded(hook, seedream_emulator):
+    result = hook.generate_images("a blue cube", size="1K", response_format="b64_json", output_format="png")
+
+    [image] = result.images
+    assert image.b64_json and image.url is None
+    buffer = io.BytesIO()
+    downloaded = hook.download_image(image, buffer)
+    assert downloaded.format == "png"
+    assert downloaded.sha256 in served(seedream_emulator).values()
+    assert seedream_emulator.stats()["downloads"] == 0
+
+
+def test_group_mode_returns_max_images(hook):
+    result = hook.generate_images(
+        "four seasons of one tree",
+        size="1K",
+        sequential_image_generation="auto",
+        sequential_image_generation_options={"max_images": 4},
+    )
+    assert len(result.succeeded) == 4
+    assert [image.index for image in result.images] == [0, 1, 2, 3]
+    assert result.usage["generated_images"] == 4
+
+
+def test_per_item_errors_keep_the_other_images(hook, seedream_emulator):
+    result = hook.generate_images(
+        "three views [item-error]",
+        size="1K",
+        sequential_image_generation="auto",
+        sequential_image_generation_options={"max_images": 3},
+    )
+    assert len(result.succeeded) == 2
+    [failed] = result.failed
+    assert failed.index == 2 and failed.error_code == "OutputImageSensitiveContentDetected"
+    with pytest.raises(SeedreamDownloadError, match="carries no image"):
+        hook.download_image(failed, io.BytesIO())
+
+
+def test_ark_path_is_served(seedream_emulator, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SEEDREAM_ARK",
+        json.dumps({"conn_type": "seedream", "host": f"{seedream_emulator.url}/api/v3", "password": API_KEY}),
+    )
+    hook = SeedreamHook("seedream_ark", **FAST)
+    assert hook.settings["endpoint"] == f"{seedream_emulator.url}/api/v3/images/generations"
+    assert hook.generate_images("a lighthouse", size="1K").succeeded
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        (None, "https://api.cometapi.com/v1/images/generations"),
+        ("https://api.cometapi.com", "https://api.cometapi.com/v1/images/generations"),
+        ("https://ark.cn-beijing.volces.com", "https://ark.cn-beijing.volces.com/api/v3/images/generations"),
+        ("https://ark.ap-southeast.bytepluses.com/", "https://ark.ap-southeast.bytepluses.com/api/v3/images/generations"),
+        ("https://proxy.example/api/v3", "https://proxy.example/api/v3/images/generations"),
+        ("api.cometapi.com", "https://api.cometapi.com/v1/images/generations"),
+    ],
+)
+def test_endpoint_url_follows_the_host(host, expected):
+    assert endpoint_url(host) == expected
+
+
+def test_connection_defaults_from_extras(seedream_emulator, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SEEDREAM_DEFAULTS",
+        json.dumps(
+            {
+                "conn_type": "seedream",
+                "host": seedream_emulator.url,
+                "password": API_KEY,
+                "extra": {"model": "doubao-seedream-4-0-250828", "parameters": {"size": "1K", "watermark": False}},
+            }
+        ),
+    )
+    hook = SeedreamHook("seedream_defaults", **FAST)
+    body = hook.build_request("a fox", future_field={"x": 1})
+    assert body == {
+        "model": "doubao-seedream-4-0-250828",
+        "size": "1K",
+        "watermark": False,
+        "future_field": {"x": 1},
+        "prompt": "a fox",
+    }
+    result = hook.send_request(body)
+    assert result.model == "doubao-seedream-4-0-250828"
+    assert hook.build_request("a fox", size="2K", model="m-x")["size"] == "2K"
+
+
+# -- validation: every rule fails before anything is sent --------------------------------------
+
+INVALID = [
+    ({"size": "5K"}, "size", "1K, 2K, 3K, 4K"),
+    ({"size": "2048*2048"}, "size", "WxH"),
+    ({"size": "2K 2048x2048"}, "size", "not both"),
+    ({"size": "4096x200"}, "size", "aspect ratio"),
+    ({"size": "1024x1024"}, "size", "3,686,400"),
+    ({"size": "8192x8192"}, "size", "16,777,216"),
+    ({"size": "adaptive"}, "size", "seededit"),
+    ({"model": "doubao-seedream-4-0-250828", "size": "800x800"}, "size", "921,600"),
+    ({"model": "doubao-seedream-3-0-t2i-250415", "size": "256x256"}, "size", "512 to 2048"),
+    ({"response_format": "base64"}, "response_format", "url, b64_json"),
+    ({"output_format": "gif"}, "output_format", "png, jpeg"),
+    ({"sequential_image_generation": "on"}, "sequential_image_generation", "auto, disabled"),
+    ({"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 0}},
+     "sequential_image_generation_options.max_images", "1 to 15"),
+    ({"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 16}},
+     "sequential_image_generation_options.max_images", "1 to 15"),
+    ({"sequential_image_generation_options": 4}, "sequential_image_generation_options", "max_images"),
+    ({"guidance_scale": 0.5}, "guidance_scale", "1.0 to 10.0"),
+    ({"guidance_scale": 11}, "guidance_scale", "1.0 to 10.0"),
+    ({"guidance_scale": "high"}, "guidance_scale", "number"),
+    ({"seed": -2}, "seed", "-1 to 2147483647"),
+    ({"seed": 2**31}, "seed", "-1 to 2147483647"),
+    ({"seed": 1.5}, "seed", "integer"),
+    ({"watermark": "no"}, "watermark", "true or false"),
+    ({"optimize_prompt_options": {"mode": "slow"}}, "optimize_prompt_options.mode", "standard, fast"),
+    ({"tools": ["web_search"]}, "tools", "type"),
+    ({"image": []}, "image", "non-empty"),
+    ({"image": ["https://x.test/a.png"] * 15}, "image", "at most 14"),
+    ({"image": "ftp://x.test/a.png"}, "image[0]", "http(s) URL"),
+    ({"image": "data:image/PNG;base64,AAAA"}, "image[0]", "lowercase"),
+    ({"image": "data:image/svg;base64,AAAA"}, "image[0]", "jpeg, jpg, png"),
+    ({"image": "data:image/png;base64,@@@@"}, "image[0]", "base64"),
+    ({"image": "data:image/png;base64,"}, "image[0]", "base64"),
+    ({"image": ["https://x.test/a.png"] * 12, "sequential_image_generation": "auto",
+      "sequential_image_generation_options": {"max_images": 4}}, "image", "at most 15"),
+    ({"stream": True}, "stream", "not supported"),
+    ({"model": ""}, "model", "non-empty"),
+]
+
+
+@pytest.mark.parametrize(("fields", "field", "allowed"), INVALID, ids=[f"{i}-{case[1]}" for i, case in enumerate(INVALID)])
+def test_invalid_fields_are_refused_before_sending(hook, seedream_emulator, fields, field, allowed):
+    with pytest.raises(SeedreamValidationError) as raised:
+        hook.generate_images("a cat", **fields)
+    assert raised.value.field == field
+    assert allowed in str(raised.value)
+    assert seedream_emulator.stats()["generation_requests"] == 0
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", None, 42, ["a", "b"]])
+def test_empty_or_non_string_prompt_is_refused(hook, seedream_emulator, prompt):
+    with pytest.raises(SeedreamValidationError, match="prompt"):
+        hook.generate_images(prompt)
+    assert seedream_emulator.stats()["generation_requests"] == 0
+
+
+def test_oversized_data_uri_is_refused(hook, seedream_emulator):
+    payload = "A" * (41 * 1024 * 1024)
+    with pytest.raises(SeedreamValidationError, match="30 MB"):
+        hook.generate_images("a cat", image=f"data:image/png;base64,{payload}")
+    assert seedream_emulator.stats()["generation_requests"] == 0
+
+
+def test_long_prompt_is_a_warning_not_an_error(hook, capfd):
+    result = hook.generate_images("a very detailed scene " * 60, size="1K")
+    assert result.succeeded
+    assert "recommends at most" in capfd.readouterr().out
+
+
+def test_valid_reference_images_are_sent(hook, seedream_emulator):
+    result = hook.generate_images("the same cat in winter", size="1K", image=[f"data:image/png;base64,{PNG_1PX}"])
+    assert result.succeeded
+    assert seedream_emulator.stats()["references"] == 1
+
+
+# -- retries --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "reset"])
+def test_transient_faults_are_retried(hook, seedream_emulator, fault):
+    seedream_emulator.configure(script=[fault, fault], retry_after=0)
+    result = hook.generate_images("a kite", size="1K")
+    assert result.succeeded
+    stats = seedream_emulator.stats()
+    assert stats["generation_requests"] == 3
+    assert stats["images_generated"] == 1
+
+
+def test_read_timeout_is_retried(seedream_emulator):
+    hook = SeedreamHook(timeout=0.5, **FAST)
+    seedream_emulator.configure(script=["slow"], slow_seconds=2)
+    assert hook.generate_images("a slow kite", size="1K").succeeded
+    assert seedream_emulator.stats()["generation_requests"] == 2
+
+
+def test_retry_after_is_honoured(hook, seedream_emulator):
+    seedream_emulator.configure(script=["429"], retry_after=1)
+    started = time.monotonic()
+    hook.generate_images("a patient kite", size="1K")
+    assert time.monotonic() - started >= 1.0
+
+
+def test_retries_give_up_with_the_last_error(seedream_emulator):
+    hook = SeedreamHook(retry_min_wait=0.01, retry_max_wait=0.02, max_retries=2)
+    seedream_emulator.configure(script=["500"] * 5)
+    with pytest.raises(SeedreamAPIError) as raised:
+        hook.generate_images("a doomed kite", size="1K")
+    assert raised.value.status == 500 and raised.value.code == "InternalServiceError"
+    assert seedream_emulator.stats()["generation_requests"] == 3
+
+
+def test_quota_exceeded_is_not_retried(hook, seedream_emulator):
+    seedream_emulator.configure(quota_exceeded=True)
+    with pytest.raises(SeedreamAPIError) as raised:
+        hook.generate_images("a kite", size="1K")
+    assert raised.value.status == 429 and raised.value.code == "QuotaExceeded"
+    assert not raised.value.retryable
+    assert seedream_emulator.stats()["generation_requests"] == 1
+
+
+def test_refused_prompt_is_not_retried(hook, seedream_emulator):
+    with pytest.raises(SeedreamAPIError) as raised:
+        hook.generate_images("something [refuse]", size="1K")
+    error = raised.value
+    assert error.status == 400 and error.code == "InputTextSensitiveContentDetected"
+    assert error.request_id
+    assert seedream_emulator.stats()["generation_requests"] == 1
+
+
+def test_wrong_key_is_not_retried_and_never_shown(seedream_emulator, monkeypatch):
+    seedream_emulator.configure(api_key="the-right-key")
+    hook = SeedreamHook(**FAST)
+    with pytest.raises(SeedreamAPIError) as raised:
+        hook.generate_images("a kite", size="1K")
+    assert raised.value.status == 401
+    assert API_KEY not in str(raised.value) and API_KEY not in repr(raised.value.__dict__)
+    assert seedream_emulator.stats()["generation_requests"] == 1
+
+
+# -- downloads ------------------------------------------------------------------------------
+
+
+def test_signed_url_is_used_exactly_as_received(hook, seedream_emulator):
+    [image] = hook.generate_images("a tulip", size="1K").images
+    assert "&" in image.url and "%" in image.url
+    hook.download_image(image, io.BytesIO())
+
+    base, _, query = image.url.partition("?")
+    mangled = base + "?" + requests.utils.unquote(query)
+    with pytest.raises(SeedreamDownloadError) as raised:
+        hook.download_image(GeneratedImage(index=0, url=mangled, size=image.size), io.BytesIO())
+    assert raised.value.status == 403 and "AccessDenied" in str(raised.value)
+    assert not raised.value.retryable
+    assert "Signature" not in str(raised.value) and query not in str(raised.value)
+
+
+@pytest.mark.parametrize("fault", ["truncate", "500"])
+def test_broken_downloads_are_retried_as_downloads(hook, seedream_emulator, fault):
+    [image] = hook.generate_images("a tulip", size="1K").images
+    seedream_emulator.configure(download_script=[fault, fault])
+    buffer = io.BytesIO()
+    downloaded = hook.download_image(image, buffer)
+    assert downloaded.sha256 in served(seedream_emulator).values()
+    assert len(buffer.getvalue()) == downloaded.bytes
+    stats = seedream_emulator.stats()
+    assert stats["downloads"] == 3 and stats["generation_requests"] == 1
+
+
+def test_download_limits(seedream_emulator):
+    hook = SeedreamHook(max_download_bytes=1000, **FAST)
+    [image] = hook.generate_images("a tulip", size="1K").images
+    with pytest.raises(SeedreamDownloadError, match="over the limit"):
+        hook.download_image(image, io.BytesIO())
+    with pytest.raises(SeedreamDownloadError, match="only http"):
+        hook.download_image(GeneratedImage(index=0, url="file:///etc/passwd"), io.BytesIO())
+    with pytest.raises(SeedreamDownloadError, match="not a PNG"):
+        hook.download_image(GeneratedImage(index=0, b64_json=base64.b64encode(b"<html>hi</html>").decode()), io.BytesIO())
+    with pytest.raises(SeedreamDownloadError, match="not valid base64"):
+        hook.download_image(GeneratedImage(index=0, b64_json="@@@@"), io.BytesIO())
+
+
+def test_non_image_download_is_refused(hook, seedream_emulator):
+    url = f"{seedream_emulator.url}/_emulator/health"
+    with pytest.raises(SeedreamDownloadError, match="not a PNG"):
+        hook.download_image(GeneratedImage(index=0, url=url), io.BytesIO())
+
+
+# -- connection test and concurrency -----------------------------------------------------------
+
+
+def test_connection_test_costs_nothing(hook, seedream_emulator):
+    ok, message = hook.test_connection()
+    assert ok, message
+    stats = seedream_emulator.stats()
+    assert stats["images_generated"] == 0
+
+
+def test_connection_test_reports_a_refused_key(seedream_emulator):
+    seedream_emulator.configure(api_key="another-key")
+    ok, message = SeedreamHook().test_connection()
+    assert not ok and "401" in message and API_KEY not in message
+
+
+def test_one_hook_serves_many_threads(seedream_emulator):
+    hook = SeedreamHook(pool_maxsize=8, **FAST)
+    seedream_emulator.configure(latency=0.2)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda n: hook.generate_images(f"tile {n}", size="1K"), range(16)))
+    assert all(result.succeeded for result in results)
+    assert seedream_emulator.stats()["images_generated"] == 16
+    assert hook.get_conn() is hook.get_conn()
+
+
+def test_repr_hides_signatures_and_payloads(hook):
+    [image] = hook.generate_images("a tulip", size="1K").images
+    text = repr(image)
+    assert "Signature" not in text and "?<signature redacted>" in text
+    assert "b64_json<4 chars>" in repr(GeneratedImage(index=0, b64_json="AAAA"))
+
+
+def test_unknown_connection_names_itself():
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    with pytest.raises(AirflowNotFoundException, match="no_such_conn"):
+        SeedreamHook("no_such_conn").settings

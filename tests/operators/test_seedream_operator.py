@@ -1,0 +1,205 @@
+"""SeedreamToS3Operator in real DAG runs (dag.test) against the emulator and moto's S3 server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from tests.conftest import API_KEY
+from tests.dag_runs import airflow_dags_test, run_dag, task_xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+XCOM_KEYS = {
+    "s3_uri", "bucket", "key", "prompt_index", "image_index", "prompt", "model",
+    "size", "content_type", "bytes", "sha256", "fingerprint", "reused",
+}
+
+
+def objects(s3_client, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return {
+        item["Key"]: s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        for item in listing.get("Contents", [])
+    }
+
+
+def served_hashes(emulator) -> set[str]:
+    return {image["sha256"] for image in emulator.images()}
+
+
+def test_batch_lands_in_s3_with_metadata_and_small_xcom(seedream_emulator, s3_client, bucket):
+    prompts = ["a red apple", "a green pear", "a yellow lemon"]
+    run = run_dag("seedream_test_batch", prompts=prompts, bucket=bucket, prefix="fruit/2026")
+    assert run.state == "success"
+
+    records = task_xcom(run, "generate")
+    assert [record["prompt"] for record in records] == prompts
+    assert [record["key"] for record in records] == [f"fruit/2026/{i:05d}-00.jpg" for i in range(3)]
+    stored = objects(s3_client, bucket)
+    assert set(stored) == {record["key"] for record in records}
+    for record in records:
+        assert set(record) >= XCOM_KEYS
+        assert record["s3_uri"] == f"s3://{bucket}/{record['key']}"
+        data = stored[record["key"]]
+        assert hashlib.sha256(data).hexdigest() == record["sha256"]
+        assert len(data) == record["bytes"]
+        assert Image.open(io.BytesIO(data)).size == (1024, 1024)
+        assert record["content_type"] == "image/jpeg" and record["size"] == "1024x1024"
+        assert record["model"] == "doubao-seedream-5-0-260128" and record["reused"] is False
+        head = s3_client.head_object(Bucket=bucket, Key=record["key"])
+        assert head["ContentType"] == "image/jpeg"
+        assert head["Metadata"]["seedream-fingerprint"] == record["fingerprint"]
+        assert head["Metadata"]["seedream-model"] == record["model"]
+    assert {record["sha256"] for record in records} == served_hashes(seedream_emulator)
+    text = json.dumps(records)
+    assert "http" not in text and "base64" not in text
+
+
+def test_rerun_costs_nothing_and_a_changed_prompt_is_regenerated(seedream_emulator, s3_client, bucket):
+    prompts = ["a kite", "a boat", "a train"]
+    first = task_xcom(run_dag("seedream_test_batch", prompts=prompts, bucket=bucket), "generate")
+    assert seedream_emulator.stats()["generation_requests"] == 3
+
+    seedream_emulator.reset()
+    second = task_xcom(run_dag("seedream_test_batch", prompts=prompts, bucket=bucket), "generate")
+    assert seedream_emulator.stats()["generation_requests"] == 0
+    assert all(record["reused"] for record in second)
+    assert [(r["key"], r["sha256"], r["bytes"]) for r in second] == [(r["key"], r["sha256"], r["bytes"]) for r in first]
+
+    seedream_emulator.reset()
+    changed = ["a kite", "a red boat", "a train"]
+    third = task_xcom(run_dag("seedream_test_batch", prompts=changed, bucket=bucket), "generate")
+    assert seedream_emulator.stats()["generation_requests"] == 1
+    assert [record["reused"] for record in third] == [True, False, True]
+    assert third[1]["sha256"] != first[1]["sha256"] and third[1]["key"] == first[1]["key"]
+
+    seedream_emulator.reset()
+    resized = task_xcom(run_dag("seedream_test_batch", prompts=changed, bucket=bucket, size="2K"), "generate")
+    assert seedream_emulator.stats()["generation_requests"] == 3
+    assert {record["size"] for record in resized} == {"2048x2048"}
+
+    seedream_emulator.reset()
+    run_dag("seedream_test_replace", prompts=changed, bucket=bucket, size="2K")
+    assert seedream_emulator.stats()["generation_requests"] == 3
+
+
+def test_templated_prompts_and_prompt_files(seedream_emulator, s3_client, bucket):
+    run = run_dag("seedream_test_templated", bucket=bucket, style="neon")
+    assert run.state == "success"
+    ds = run.logical_date.strftime("%Y-%m-%d")
+    records = task_xcom(run, "banner")
+    assert [record["prompt"] for record in records] == [
+        f"a neon banner for {ds}",
+        f"a product photo of neon shoes, shot on {ds}",
+    ]
+    assert [record["key"] for record in records] == [f"banners/{ds}/00000-00.png", f"banners/{ds}/00001-00.png"]
+    assert {record["content_type"] for record in records} == {"image/png"}
+
+
+def test_mapping_and_prompts_from_an_upstream_task(seedream_emulator, s3_client, bucket):
+    run = run_dag("seedream_test_mapped", bucket=bucket, products=["mug", "lamp", "chair"])
+    assert run.state == "success"
+    mapped = [task_xcom(run, "per_product", map_index=index) for index in range(3)]
+    assert [records[0]["key"] for records in mapped] == [f"mapped/map-{i:05d}/00000-00.jpg" for i in range(3)]
+    assert [records[0]["prompt"] for records in mapped] == [
+        "a studio photo of a mug", "a studio photo of a lamp", "a studio photo of a chair",
+    ]
+    from_xcom = task_xcom(run, "from_xcom")
+    assert [record["key"] for record in from_xcom] == [f"from-xcom/{i:05d}-00.jpg" for i in range(3)]
+    assert len(objects(s3_client, bucket)) == 6
+
+
+def test_partial_failure_keeps_what_was_paid_for(seedream_emulator, s3_client, bucket):
+    prompts = ["a fine cat", "a forbidden cat [refuse]", "a fine dog", "a flagged dog [item-error]"]
+    run = run_dag("seedream_test_batch", prompts=prompts, bucket=bucket, prefix="p")
+    assert run.state == "failed"
+    assert set(objects(s3_client, bucket)) == {"p/00000-00.jpg", "p/00002-00.jpg"}
+    assert seedream_emulator.stats()["images_generated"] == 2
+
+    seedream_emulator.reset()
+    fixed = ["a fine cat", "a permitted cat", "a fine dog", "a dog"]
+    records = task_xcom(run_dag("seedream_test_batch", prompts=fixed, bucket=bucket, prefix="p"), "generate")
+    assert seedream_emulator.stats()["generation_requests"] == 2
+    assert [record["reused"] for record in records] == [True, False, True, False]
+
+
+def test_group_mode_stores_every_image_and_reuses_the_group(seedream_emulator, s3_client, bucket):
+    extra = {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}
+    records = task_xcom(run_dag("seedream_test_batch", prompts=["a comic strip"], bucket=bucket, extra=extra), "generate")
+    assert [record["image_index"] for record in records] == [0, 1, 2]
+    assert len(objects(s3_client, bucket)) == 3
+    seedream_emulator.reset()
+    again = task_xcom(run_dag("seedream_test_batch", prompts=["a comic strip"], bucket=bucket, extra=extra), "generate")
+    assert seedream_emulator.stats()["generation_requests"] == 0
+    assert [record["sha256"] for record in again] == [record["sha256"] for record in records]
+
+
+def test_transient_faults_are_retried_without_paying_twice(seedream_emulator, s3_client, bucket):
+    seedream_emulator.configure(
+        rate_429=0.15, rate_500=0.1, rate_reset=0.05, rate_truncate=0.2, rate_download_500=0.1,
+        retry_after=0, fault_seed=7,
+    )
+    prompts = [f"tile number {n}" for n in range(24)]
+    run = run_dag("seedream_test_batch", prompts=prompts, bucket=bucket, extra={"seed": 3})
+    assert run.state == "success"
+    stats = seedream_emulator.stats()
+    faults = stats["faults"]
+    assert faults["429"] + faults["500"] + faults["reset"] > 0 and faults["truncate"] + faults["download_500"] > 0
+    assert stats["images_generated"] == 24
+    assert stats["generation_requests"] == 24 + faults["429"] + faults["500"] + faults["reset"]
+    stored = objects(s3_client, bucket)
+    assert {hashlib.sha256(data).hexdigest() for data in stored.values()} == served_hashes(seedream_emulator)
+
+
+def test_reference_images_from_s3_and_local_files(seedream_emulator, s3_client, bucket, tmp_path):
+    photo = io.BytesIO()
+    Image.new("RGB", (64, 48), "orange").save(photo, format="PNG")
+    s3_client.put_object(Bucket=bucket, Key="photos/chair.png", Body=photo.getvalue())
+    local = tmp_path / "lamp.png"
+    local.write_bytes(photo.getvalue())
+    data_uri = "data:image/png;base64," + base64.b64encode(photo.getvalue()).decode()
+    prompts = [
+        {"prompt": "the chair in winter", "image": f"s3://{bucket}/photos/chair.png"},
+        {"prompt": "the lamp in spring", "image": [str(local), data_uri]},
+    ]
+    run = run_dag("seedream_test_batch", prompts=prompts, bucket=bucket, prefix="variants")
+    assert run.state == "success"
+    assert seedream_emulator.stats()["references"] == 3
+    records = task_xcom(run, "generate")
+    assert "base64" not in json.dumps(records)
+
+    s3_client.put_object(Bucket=bucket, Key="photos/chair.png", Body=photo.getvalue() + b"changed")
+    seedream_emulator.reset()
+    run_dag("seedream_test_batch", prompts=prompts, bucket=bucket, prefix="variants")
+    assert seedream_emulator.stats()["generation_requests"] == 1, "a changed source photo is a new request"
+
+
+def test_no_secret_reaches_logs_xcom_or_rendered_view(seedream_emulator, s3_client, bucket):
+    photo = io.BytesIO()
+    Image.new("RGB", (32, 32), "teal").save(photo, format="PNG")
+    s3_client.put_object(Bucket=bucket, Key="ref.png", Body=photo.getvalue())
+    seedream_emulator.configure(download_script=["truncate"], script=["429"], retry_after=0)
+    done = airflow_dags_test(
+        "seedream_test_batch",
+        prompts=["a secret garden", "a hidden door [refuse]"],
+        bucket=bucket,
+        image=f"s3://{bucket}/ref.png",
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Progress: 2/2 prompts done" in log
+    assert "1 failure(s) in a batch of 2 prompt(s); 1 image(s) generated and stored" in log
+    assert "prompt 1: generation failed: InputTextSensitiveContentDetected" in log
+    assert "retry 1 of 5" in log
+    assert API_KEY not in log
+    assert "X-Tos-Signature" not in log and "X-Amz-Signature" not in log and "X-Tos-Credential" not in log
+    assert "base64," not in log
+    assert seedream_emulator.stats()["references"] >= 1
+    [stored] = s3_client.list_objects_v2(Bucket=bucket, Prefix="batch/")["Contents"]
+    assert stored["Key"] == "batch/00000-00.jpg"
