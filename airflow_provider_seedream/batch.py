@@ -173,34 +173,58 @@ class BatchRunner:
             self._fail(report, Failure(job.index, None, "generation", "NotAttempted", self._abort, paid=False))
             return
         try:
-            if not self.replace:
-                stored = self.store.stored_group(job.index, job.fingerprint)
-                if stored is not None:
-                    with self._lock:
-                        report.reused += len(stored)
-                        report.records.extend(self._record(job, item, reused=True) for item in stored)
-                    return
-            result = self._generate(job)
+            result = None if self.replace else self._earlier_work(job, report)
+            if result is True:
+                return
+            if result is None:
+                result = self._generate(job)
+                with self._lock:
+                    report.billed_images += int(result.usage.get("generated_images", len(result.succeeded)))
+                    report.output_tokens += int(result.usage.get("output_tokens", 0))
+                pending = self._save_pending(job, result)
+            else:
+                self.log.info("Prompt %d: storing %d image(s) paid for by an earlier attempt", job.index, len(result.images))
+                pending = True
         except SeedreamAPIError as error:
             if error.status in ABORTING_STATUSES or error.code in NON_RETRYABLE_429_CODES:
                 self._abort = f"stopped after HTTP {error.status} {error.code or ''}".strip()
             self._fail(report, Failure(job.index, None, "generation", error.code or f"HTTP{error.status}", error.message, paid=False))
             return
-        except (SeedreamError, StorageError) as error:
-            self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error), paid=False))
-            return
         except Exception as error:  # a broken connection after every retry, an S3 outage...
             self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error)[:300], paid=False))
             return
-        with self._lock:
-            report.billed_images += int(result.usage.get("generated_images", len(result.succeeded)))
-            report.output_tokens += int(result.usage.get("output_tokens", 0))
         group = tuple(image.index for image in result.succeeded)
+        keep_pending = False
         for image in result.images:
             if not image.ok:
                 self._fail(report, Failure(job.index, image.index, "generation", image.error_code or "Error", image.error_message or "", paid=False))
                 continue
-            self._store(job, result, image, group, report)
+            keep_pending |= not self._store(job, result, image, group, report)
+        if pending and not keep_pending:
+            self._quietly(self.store.drop_pending, job.index)
+
+    def _earlier_work(self, job: PromptJob, report: BatchReport) -> GenerationResult | bool | None:
+        """``True`` when the prompt's images are stored already; the links an earlier attempt paid for; or ``None``."""
+        stored = self.store.stored_group(job.index, job.fingerprint)
+        if stored is not None:
+            with self._lock:
+                report.reused += len(stored)
+                report.records.extend(self._record(job, item, reused=True) for item in stored)
+            return True
+        return self.store.load_pending(job.index, job.fingerprint)
+
+    def _save_pending(self, job: PromptJob, result: GenerationResult) -> bool:
+        try:
+            return self.store.save_pending(job.index, job.fingerprint, result)
+        except Exception as error:
+            self.log.warning("Prompt %d: could not record its links for a resume: %s", job.index, type(error).__name__)
+            return False
+
+    def _quietly(self, action: Any, *args: Any) -> None:
+        try:
+            action(*args)
+        except Exception as error:
+            self.log.warning("S3 clean-up failed: %s", type(error).__name__)
 
     def _generate(self, job: PromptJob) -> GenerationResult:
         body = dict(job.body)
@@ -210,7 +234,8 @@ class BatchRunner:
 
     def _store(
         self, job: PromptJob, result: GenerationResult, image: GeneratedImage, group: tuple[int, ...], report: BatchReport
-    ) -> None:
+    ) -> bool:
+        """Download and upload one image; ``False`` when it is worth trying again from its link."""
         key = self.store.key_for(job.index, image.index, job.extension)
         try:
             with tempfile.TemporaryFile(prefix="seedream-") as spool:
@@ -231,14 +256,17 @@ class BatchRunner:
                 self.store.upload(spool, stored, result.request_id)
         except SeedreamError as error:
             self._fail(report, Failure(job.index, image.index, "download", type(error).__name__, str(error), paid=True))
-            return
+            return not getattr(error, "retryable", False)
         except StorageError as error:
-            self._fail(report, Failure(job.index, image.index, "upload", "StorageError", str(error), paid=True))
-            return
+            if error.fatal:
+                self._abort = f"stopped after S3 answered {error.code}"
+            self._fail(report, Failure(job.index, image.index, "upload", error.code or "StorageError", str(error), paid=True))
+            return False
         self.log.debug("Stored %s (%d bytes)", stored.s3_uri, stored.bytes)
         with self._lock:
             report.generated += 1
             report.records.append(self._record(job, stored, reused=False))
+        return True
 
     @staticmethod
     def _record(job: PromptJob, stored: StoredObject, *, reused: bool) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -9,6 +11,7 @@ from typing import IO, TYPE_CHECKING, Any
 import tenacity
 
 from airflow_provider_seedream.image_formats import EXTENSIONS
+from airflow_provider_seedream.results import GeneratedImage, GenerationResult
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -22,10 +25,32 @@ META_PROMPT_INDEX = "seedream-prompt-index"
 META_IMAGE_INDEX = "seedream-image-index"
 META_REQUEST_ID = "seedream-request-id"
 UPLOAD_ATTEMPTS = 4
+PENDING_FOLDER = "_pending"
+# Signed links live 24 hours; a pending record is trusted for a little less.
+PENDING_SECONDS = 23 * 3600
+
+
+# S3 answers after which no other upload of the batch can succeed.
+FATAL_CODES = frozenset(
+    {"AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403", "404"}
+)
 
 
 class StorageError(Exception):
-    """S3 refused an operation; the message says which bucket and key, never credentials."""
+    """S3 refused an operation; the message says which bucket and key, never credentials.
+
+    :param message: what failed.
+    :param code: S3's error code, if it gave one.
+    """
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        self.code = code
+        super().__init__(message)
+
+    @property
+    def fatal(self) -> bool:
+        """Whether every other upload to this bucket would fail the same way."""
+        return self.code in FATAL_CODES
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,57 @@ class ImageStore:
     def key_for(self, prompt_index: int, image_index: int, extension: str) -> str:
         """The deterministic key of one image."""
         return f"{self.prompt_prefix(prompt_index)}{image_index:02d}.{extension}"
+
+    def pending_key(self, prompt_index: int) -> str:
+        """Where the links of a prompt's images wait while they are downloaded and stored."""
+        stem = f"{PENDING_FOLDER}/{prompt_index:05d}.json"
+        return f"{self.prefix}/{stem}" if self.prefix else stem
+
+    def save_pending(self, prompt_index: int, fingerprint: str, result: GenerationResult) -> bool:
+        """
+        Record the signed links of images just paid for, until they are stored.
+
+        A task killed or retried before storing them downloads them from these links
+        instead of paying for them again. Images returned as ``b64_json`` have no link.
+        """
+        images = [{"index": image.index, "url": image.url, "size": image.size} for image in result.succeeded if image.url]
+        if not images:
+            return False
+        record = {
+            "fingerprint": fingerprint,
+            "model": result.model,
+            "request_id": result.request_id,
+            "expires_at": time.time() + PENDING_SECONDS,
+            "images": images,
+        }
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=self.pending_key(prompt_index),
+            Body=json.dumps(record).encode(),
+            ContentType="application/json",
+        )
+        return True
+
+    def load_pending(self, prompt_index: int, fingerprint: str) -> GenerationResult | None:
+        """The images an earlier attempt paid for and did not store, if their links are still valid."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.pending_key(prompt_index))["Body"].read()
+        except Exception as error:
+            if _client_error_code(error) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        try:
+            record = json.loads(body)
+        except ValueError:
+            return None
+        if record.get("fingerprint") != fingerprint or record.get("expires_at", 0) <= time.time():
+            return None
+        images = [GeneratedImage(index=int(item["index"]), url=item["url"], size=item.get("size")) for item in record["images"]]
+        return GenerationResult(images=images, usage={}, model=record.get("model"), request_id=record.get("request_id"))
+
+    def drop_pending(self, prompt_index: int) -> None:
+        """Forget a prompt's pending links once its images are stored (or beyond reach)."""
+        self.client.delete_object(Bucket=self.bucket, Key=self.pending_key(prompt_index))
 
     def check_bucket(self) -> None:
         """Fail with a clear message when the bucket is missing or not ours to write."""
@@ -195,5 +271,5 @@ class ImageStore:
         except Exception as error:
             code = _client_error_code(error)
             raise StorageError(
-                f"upload to {stored.s3_uri} failed: {type(error).__name__}" + (f" ({code})" if code else "")
+                f"upload to {stored.s3_uri} failed: {type(error).__name__}" + (f" ({code})" if code else ""), code
             ) from None

@@ -106,3 +106,15 @@ def bucket(s3_client, request) -> str:
     name = f"t-{stem}-{uuid.uuid4().hex[:8]}"
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+#: Lines the reliability tests report; printed at the end of the run.
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the figures the reliability tests measured."""
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

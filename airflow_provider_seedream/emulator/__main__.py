@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-item-error", type=float, default=0.0, help="share of items failing moderation")
     parser.add_argument("--rate-truncate", type=float, default=0.0, help="share of downloads cut short")
     parser.add_argument("--rate-download-500", type=float, default=0.0, help="share of downloads answered 500")
+    parser.add_argument(
+        "--rate-download-denied", type=float, default=0.0, help="share of downloads answered 403 AccessDenied"
+    )
     parser.add_argument("--url-ttl", type=float, default=86400.0, help="seconds a signed link stays valid")
     parser.add_argument(
         "--no-fetch-references",
@@ -59,6 +62,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         rate_reset=args.rate_reset,
         rate_slow=args.rate_slow,
         slow_seconds=args.slow_seconds,
+        rate_download_denied=args.rate_download_denied,
         rate_item_error=args.rate_item_error,
         rate_truncate=args.rate_truncate,
         rate_download_500=args.rate_download_500,

@@ -324,6 +324,9 @@ def _download(file_name: str, request: Request, state: EmulatorState) -> Respons
     if fault == "500":
         state.count_fault("download_500")
         return Response(_STORAGE_ERROR_BODY, status_code=500, media_type="application/json")
+    if fault == "denied":
+        state.count_fault("denied")
+        return Response(ACCESS_DENIED_BODY, status_code=403, media_type="application/json")
     if fault == "truncate":
         state.count_fault("truncate")
         return ImageStreamResponse(record, limit=record.length // 2)

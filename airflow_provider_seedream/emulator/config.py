@@ -11,7 +11,7 @@ from typing import Any
 #: Faults a generation script may name, applied in order to the next generation requests.
 GENERATION_FAULTS = ("ok", "429", "500", "reset", "slow", "quota")
 #: Faults a download script may name, applied in order to the next downloads.
-DOWNLOAD_FAULTS = ("ok", "truncate", "500")
+DOWNLOAD_FAULTS = ("ok", "truncate", "500", "denied")
 
 _RATES = (
     "rate_429",
@@ -21,6 +21,7 @@ _RATES = (
     "rate_item_error",
     "rate_truncate",
     "rate_download_500",
+    "rate_download_denied",
 )
 _DURATIONS = ("latency", "retry_after", "slow_seconds", "url_ttl", "reference_timeout")
 _FLAGS = ("quota_exceeded", "fetch_references")
@@ -34,7 +35,8 @@ class EmulatorConfig:
 
     Rates are shares from 0 to 1 drawn per request (per item for ``rate_item_error``).
     The generation rates ``rate_429``, ``rate_500``, ``rate_reset`` and ``rate_slow`` are
-    exclusive and must add up to at most 1; so must ``rate_truncate`` and ``rate_download_500``.
+    exclusive and must add up to at most 1; so must ``rate_truncate``, ``rate_download_500`` and
+    ``rate_download_denied``.
 
     :param api_key: the only key accepted; ``None`` accepts any non-empty bearer key.
     :param latency: seconds added to each generation request that reaches the model.
@@ -50,6 +52,8 @@ class EmulatorConfig:
     :param item_error_marker: a prompt holding it has its last item fail.
     :param rate_truncate: share of downloads cut short.
     :param rate_download_500: share of downloads answered 500.
+    :param rate_download_denied: share of downloads answered 403 ``AccessDenied``, as the
+        object store answers a mangled or expired signed link.
     :param url_ttl: seconds a signed image link stays valid.
     :param fetch_references: fetch http(s) reference images and check they are images.
     :param reference_timeout: seconds allowed to fetch one reference image.
@@ -57,7 +61,7 @@ class EmulatorConfig:
     :param script: faults applied in order to the next generation requests, before any random one
         (``ok``, ``429``, ``500``, ``reset``, ``slow``, ``quota``).
     :param download_script: faults applied in order to the next downloads
-        (``ok``, ``truncate``, ``500``).
+        (``ok``, ``truncate``, ``500``, ``denied``).
     """
 
     api_key: str | None = None
@@ -74,6 +78,7 @@ class EmulatorConfig:
     item_error_marker: str = "[item-error]"
     rate_truncate: float = 0.0
     rate_download_500: float = 0.0
+    rate_download_denied: float = 0.0
     url_ttl: float = 86400.0
     fetch_references: bool = True
     reference_timeout: float = 5.0
@@ -115,8 +120,8 @@ class EmulatorConfig:
             setattr(self, name, entries)
         if self.rate_429 + self.rate_500 + self.rate_reset + self.rate_slow > 1.0 + 1e-9:
             raise ValueError("rate_429 + rate_500 + rate_reset + rate_slow must be at most 1")
-        if self.rate_truncate + self.rate_download_500 > 1.0 + 1e-9:
-            raise ValueError("rate_truncate + rate_download_500 must be at most 1")
+        if self.rate_truncate + self.rate_download_500 + self.rate_download_denied > 1.0 + 1e-9:
+            raise ValueError("rate_truncate + rate_download_500 + rate_download_denied must be at most 1")
 
     def with_changes(self, changes: Mapping[str, Any]) -> EmulatorConfig:
         """Return a copy with ``changes`` applied; raise :class:`ValueError` on an unknown or invalid knob."""

@@ -130,6 +130,8 @@ class EmulatorState:
                 return "truncate"
             if draw < config.rate_truncate + config.rate_download_500:
                 return "500"
+            if draw < config.rate_truncate + config.rate_download_500 + config.rate_download_denied:
+                return "denied"
             return "ok"
 
     def draw_item_failures(self, count: int, rate: float) -> set[int]:

@@ -1,0 +1,196 @@
+"""Throughput: how close SeedreamToS3Operator gets to the service's latency bound, against the usual alternatives.
+
+N prompts, each generation taking L seconds at the emulator (its ``latency`` knob), the
+operator running C prompts at once (``max_concurrency``). The latency bound is N*L/C:
+``efficiency`` = (N*L/C) / wall, 1.0 being the bound. In the same run, on the same
+emulator and S3 server:
+
+* ``naive``: a hand-written ``PythonOperator`` callable, one prompt after another
+  (``requests.post``, ``requests.get(url).content``, boto3 ``put_object``);
+* ``http_to_s3``: Airflow's ``HttpOperator`` + ``HttpToS3Operator``, one prompt at a time;
+* ``emulator_probe``: the emulator alone at concurrency C with nothing stored, the ceiling
+  the service side sets on this machine.
+
+Each way runs in a fresh child process (``benchmarks/worker.py``) that imports what it needs
+before its clock starts; the wall time is the task's work (``execute()`` for the operator),
+not interpreter or Airflow start-up. The emulator and moto's S3 server run as separate
+processes; their CPU seconds are shown so a saturated neighbour is visible.
+
+Usage: ``python benchmarks/throughput.py [--n 200] [--latency 0.5] [--concurrency 16]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import emit, machine, run_case, table, verdict  # noqa: E402
+from servers import Services  # noqa: E402
+
+TARGET_EFFICIENCY = 0.9
+TARGET_SPEEDUP = 10.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="prompts (default: %(default)s)")
+    parser.add_argument("--latency", type=float, default=0.5, help="seconds per generation (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=16, help="operator max_concurrency (default: %(default)s)")
+    parser.add_argument("--size", default=None, help="image size, e.g. 1K or 4K (default: the service's 2048x2048)")
+    parser.add_argument(
+        "--baseline-n",
+        type=int,
+        default=None,
+        help="prompts for the one-at-a-time baselines (default: N); fewer are projected linearly to N",
+    )
+    parser.add_argument("--no-http-to-s3", action="store_true", help="skip the HttpToS3Operator baseline")
+    parser.add_argument("--no-probe", action="store_true", help="skip the emulator-alone probe")
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every case and return the figures."""
+    n, latency, concurrency = args.n, args.latency, args.concurrency
+    baseline_n = min(args.baseline_n or n, n)
+    cases: dict[str, dict[str, Any]] = {}
+    label = f"t{int(time.time())}"
+    with Services(latency=latency) as services:
+        services.warm_up(args.size)
+        plan: list[tuple[str, int, int]] = [("operator", n, concurrency)]
+        if not args.no_probe:
+            plan.append(("emulator_probe", n, concurrency))
+        plan.append(("naive", baseline_n, 1))
+        if not args.no_http_to_s3:
+            plan.append(("http_to_s3", baseline_n, 1))
+        for mode, count, workers in plan:
+            spec = {
+                "mode": mode,
+                "n": count,
+                "concurrency": workers,
+                "size": args.size,
+                "prefix": f"throughput/{mode}",
+                "label": f"{label}-{mode}",
+            }
+            result = run_case(services, spec)
+            if result["generation_requests"] != count or (mode != "emulator_probe" and result["stored_objects"] != count):
+                raise RuntimeError(f"{mode}: {result['generation_requests']} requests, {result['stored_objects']} stored")
+            wall = result["wall_s"]
+            result["wall_at_n_s"] = wall * n / count
+            result["projected"] = count != n
+            result["images_per_s"] = count / wall
+            result["efficiency"] = (count * latency / workers) / wall if latency > 0 else None
+            result["cpu_ms_per_image"] = 1000 * result["cpu_s"] / count
+            if latency > 0 and "setup_s" in result:
+                result["batch_efficiency"] = (count * latency / workers) / (wall - result["setup_s"])
+            cases[mode] = result
+    operator = cases["operator"]
+    figures: dict[str, Any] = {
+        "benchmark": "throughput",
+        "n": n,
+        "latency_s": latency,
+        "concurrency": concurrency,
+        "size": args.size or "2048x2048",
+        "image_bytes": operator["stored_bytes"] // max(operator["stored_objects"], 1),
+        "latency_bound_s": n * latency / concurrency,
+        "rounds_bound_s": math.ceil(n / concurrency) * latency,
+        "wall_s": operator["wall_s"],
+        "images_per_s": operator["images_per_s"],
+        "efficiency": operator["efficiency"],
+        "setup_s": operator.get("setup_s"),
+        "tail_s": operator.get("tail_s"),
+        "batch_efficiency": operator.get("batch_efficiency"),
+        "naive_wall_s": cases["naive"]["wall_at_n_s"],
+        "naive_projected": cases["naive"]["projected"],
+        "speedup_vs_naive": cases["naive"]["wall_at_n_s"] / operator["wall_s"],
+        "emulator_cpu_s": operator["emulator_cpu_s"],
+        "s3_cpu_s": operator["s3_cpu_s"],
+        "task_cpu_s": operator["cpu_s"],
+        "emulator_renders": operator["emulator_renders"],
+        "cpu_count": machine()["cpu_count"],
+        "cases": cases,
+    }
+    if "http_to_s3" in cases:
+        figures["http_to_s3_wall_s"] = cases["http_to_s3"]["wall_at_n_s"]
+        figures["speedup_vs_http_to_s3"] = cases["http_to_s3"]["wall_at_n_s"] / operator["wall_s"]
+    if "emulator_probe" in cases:
+        figures["probe_wall_s"] = cases["emulator_probe"]["wall_s"]
+        figures["probe_efficiency"] = cases["emulator_probe"]["efficiency"]
+    return figures
+
+
+def report(figures: dict[str, Any]) -> str:
+    """The readable tables."""
+    cases = figures["cases"]
+    names = {
+        "operator": f"SeedreamToS3Operator (C={figures['concurrency']})",
+        "emulator_probe": f"emulator alone, no S3 (C={figures['concurrency']})",
+        "naive": "naive PythonOperator loop",
+        "http_to_s3": "HttpOperator + HttpToS3Operator",
+    }
+    rows = []
+    for mode, case in cases.items():
+        rows.append(
+            [
+                names[mode],
+                case["n"],
+                case["wall_s"],
+                case["wall_at_n_s"] if case["projected"] else None,
+                case["images_per_s"],
+                case["efficiency"],
+                case.get("setup_s"),
+                case.get("tail_s"),
+                figures["naive_wall_s"] / case["wall_at_n_s"],
+                case["cpu_s"],
+                case["emulator_cpu_s"],
+                case["s3_cpu_s"],
+            ]
+        )
+    out = [
+        f"Throughput: N={figures['n']} prompts, latency L={figures['latency_s']} s, C={figures['concurrency']}, "
+        f"size {figures['size']} (~{figures['image_bytes'] / 1e6:.2f} MB), {figures['cpu_count']} CPU cores shared "
+        "by task, emulator and S3 server",
+        f"Latency bound N*L/C = {figures['latency_bound_s']:.2f} s "
+        f"(with whole rounds, ceil(N/C)*L = {figures['rounds_bound_s']:.2f} s)",
+        "",
+        table(
+            ["way", "prompts", "wall s", "wall s at N", "images/s", "efficiency", "setup s", "tail s", "x naive", "task CPU s", "emulator CPU s", "S3 CPU s"],
+            rows,
+        ),
+        "",
+        table(
+            ["target", "value", "goal", "verdict"],
+            [
+                ["efficiency", figures["efficiency"], f">= {TARGET_EFFICIENCY}", verdict(figures["efficiency"], TARGET_EFFICIENCY, True)],
+                ["speedup_vs_naive", figures["speedup_vs_naive"], f">= {TARGET_SPEEDUP:g}", verdict(figures["speedup_vs_naive"], TARGET_SPEEDUP, True)],
+            ],
+        ),
+        f"Emulator renders since start: {figures['emulator_renders']} (its cache served every other image).",
+        "setup s: from execute() to the first generation reaching the emulator (connections, the S3 client, "
+        "the bucket check, request validation);",
+        "tail s: from the last generation's answer to the end (its download and upload).",
+    ]
+    if figures.get("batch_efficiency") is not None:
+        out.append(f"Operator efficiency without its setup: {figures['batch_efficiency']:.3f}.")
+    if figures.get("naive_projected"):
+        out.append("Baselines ran fewer prompts; 'wall s at N' projects them linearly (they are sequential).")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run, print the tables, end with the JSON line."""
+    args = build_parser().parse_args(argv)
+    figures = measure(args)
+    print(report(figures), flush=True)
+    emit(figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The measured process of a benchmark: one way of turning prompts into S3 objects, in a fresh interpreter.
+
+Run by the benchmark scripts as ``python benchmarks/worker.py '<json spec>'``; it prints one
+JSON object as its last line. The connections come from the environment
+(``AIRFLOW_CONN_SEEDREAM_DEFAULT``, ``AIRFLOW_CONN_SEEDREAM_HTTP``, ``AIRFLOW_CONN_AWS_DEFAULT``)
+and ``BENCH_*`` variables set by :meth:`servers.Services.connection_env`.
+
+Modes (the spec's ``mode``):
+
+``operator``
+    ``SeedreamToS3Operator(prompt=[...], max_concurrency=C).execute(context)``, as a task runs it.
+``naive``
+    The hand-written ``PythonOperator`` callable: for each prompt in turn ``requests.post``,
+    ``requests.get(url).content`` and boto3 ``put_object``.
+``http_to_s3``
+    Airflow's own operators, one prompt at a time: ``HttpOperator`` (POST, the image URL
+    picked from the answer) then ``HttpToS3Operator`` (GET of that URL, stored with ``load_bytes``).
+``emulator_probe``
+    The emulator alone at the same concurrency (generate, download, discard): the ceiling
+    the service side sets on this machine.
+
+The modules each mode needs are imported, and the process's RSS read, before the clock
+starts: the figures cover the task's work (connections, clients, requests, transfers),
+not the interpreter's or Airflow's start-up. The spec's other fields: ``n`` (prompts),
+``concurrency`` (operator only), ``size`` (``None`` for the service default, 2048x2048),
+``prefix`` (S3 key prefix) and ``label`` (a tag that makes the prompts unique to the run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODEL = "doubao-seedream-5-0-260128"
+
+
+def _rss_kb() -> dict[str, int]:
+    values: dict[str, int] = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            values[name] = int(rest.split()[0])
+    return values
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def prompts(n: int, label: str) -> list[str]:
+    """``n`` distinct prompts, unique to the run's ``label``."""
+    return [f"{label} product photo {i}: a ceramic mug on a wooden table, soft daylight" for i in range(n)]
+
+
+# -- the three ways ---------------------------------------------------------------------------
+
+
+def run_operator(spec: dict[str, Any]) -> None:
+    """The provider: one task, ``max_concurrency`` prompts in flight."""
+    from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
+
+    operator = SeedreamToS3Operator(
+        task_id="generate",
+        prompt=prompts(spec["n"], spec["label"]),
+        s3_bucket=os.environ["BENCH_BUCKET"],
+        s3_prefix=spec["prefix"],
+        size=spec.get("size"),
+        max_concurrency=spec["concurrency"],
+    )
+    records = operator.execute({})  # type: ignore[arg-type]
+    assert len(records) == spec["n"], f"stored {len(records)} of {spec['n']}"
+
+
+def run_naive(spec: dict[str, Any]) -> None:
+    """What a user writes in a ``PythonOperator``: one prompt after another, each image in memory."""
+    import boto3
+    import requests
+
+    endpoint = os.environ["BENCH_EMULATOR_URL"] + "/v1/images/generations"
+    headers = {"Authorization": f"Bearer {os.environ['BENCH_API_KEY']}"}
+    bucket = os.environ["BENCH_BUCKET"]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=os.environ["BENCH_S3_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    for i, prompt in enumerate(prompts(spec["n"], spec["label"])):
+        body: dict[str, Any] = {"model": MODEL, "prompt": prompt}
+        if spec.get("size"):
+            body["size"] = spec["size"]
+        response = requests.post(endpoint, json=body, headers=headers, timeout=300)
+        response.raise_for_status()
+        url = response.json()["data"][0]["url"]
+        image = requests.get(url, timeout=120)
+        image.raise_for_status()
+        content = image.content
+        s3.put_object(Bucket=bucket, Key=f"{spec['prefix']}/{i:05d}.jpeg", Body=content, ContentType="image/jpeg")
+
+
+def run_http_to_s3(spec: dict[str, Any]) -> None:
+    """Airflow's HTTP operators, one prompt at a time: ``HttpOperator`` then ``HttpToS3Operator``."""
+    from airflow.providers.amazon.aws.transfers.http_to_s3 import HttpToS3Operator
+    from airflow.providers.http.operators.http import HttpOperator
+
+    headers = {"Authorization": f"Bearer {os.environ['BENCH_API_KEY']}", "Content-Type": "application/json"}
+    bucket = os.environ["BENCH_BUCKET"]
+    base = os.environ["BENCH_EMULATOR_URL"]
+    for i, prompt in enumerate(prompts(spec["n"], spec["label"])):
+        body: dict[str, Any] = {"model": MODEL, "prompt": prompt}
+        if spec.get("size"):
+            body["size"] = spec["size"]
+        generate = HttpOperator(
+            task_id=f"generate_{i}",
+            http_conn_id="seedream_http",
+            endpoint="/v1/images/generations",
+            method="POST",
+            data=json.dumps(body),
+            headers=headers,
+            response_filter=lambda response: response.json()["data"][0]["url"],
+        )
+        url: str = generate.execute({})  # type: ignore[arg-type]
+        store = HttpToS3Operator(
+            task_id=f"store_{i}",
+            http_conn_id="seedream_http",
+            endpoint=url[len(base) :],
+            method="GET",
+            s3_bucket=bucket,
+            s3_key=f"{spec['prefix']}/{i:05d}.jpeg",
+            replace=True,
+        )
+        store.execute({})  # type: ignore[arg-type]
+
+
+def run_emulator_probe(spec: dict[str, Any]) -> None:
+    """The emulator alone at the same concurrency: generate and download, bytes discarded, nothing stored.
+
+    Its wall time is what the service side (emulator plus this machine) allows; the operator
+    cannot beat it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    endpoint = os.environ["BENCH_EMULATOR_URL"] + "/v1/images/generations"
+    headers = {"Authorization": f"Bearer {os.environ['BENCH_API_KEY']}"}
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=spec["concurrency"]))
+
+    def one(prompt: str) -> None:
+        body: dict[str, Any] = {"model": MODEL, "prompt": prompt}
+        if spec.get("size"):
+            body["size"] = spec["size"]
+        response = session.post(endpoint, json=body, headers=headers, timeout=300)
+        response.raise_for_status()
+        with session.get(response.json()["data"][0]["url"], stream=True, timeout=120) as image:
+            image.raise_for_status()
+            for _ in image.iter_content(256 * 1024):
+                pass
+
+    with ThreadPoolExecutor(spec["concurrency"]) as pool:
+        list(pool.map(one, prompts(spec["n"], spec["label"])))
+
+
+MODES = {
+    "operator": run_operator,
+    "naive": run_naive,
+    "http_to_s3": run_http_to_s3,
+    "emulator_probe": run_emulator_probe,
+}
+
+
+def preload(mode: str) -> None:
+    """Import what ``mode`` uses, so that imports are not timed."""
+    import boto3  # noqa: F401
+    import botocore.client  # noqa: F401
+    import requests  # noqa: F401
+
+    if mode in ("operator", "http_to_s3"):
+        import airflow.sdk  # noqa: F401
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: F401
+    if mode == "operator":
+        import boto3.s3.transfer  # noqa: F401
+
+        import airflow_provider_seedream.batch  # noqa: F401
+        import airflow_provider_seedream.hooks.seedream  # noqa: F401
+        import airflow_provider_seedream.operators.seedream  # noqa: F401
+        import airflow_provider_seedream.storage  # noqa: F401
+    if mode == "http_to_s3":
+        import airflow.providers.amazon.aws.transfers.http_to_s3  # noqa: F401
+        import airflow.providers.http.operators.http  # noqa: F401
+
+
+def stored(prefix: str) -> tuple[int, int]:
+    """How many objects, and bytes, are under ``prefix`` in the bucket."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=os.environ["BENCH_S3_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    count = total = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=os.environ["BENCH_BUCKET"], Prefix=prefix + "/"):
+        for item in page.get("Contents", []):
+            count += 1
+            total += int(item["Size"])
+    return count, total
+
+
+def main() -> None:
+    """Run the spec given as the first argument and print the figures as JSON."""
+    spec = json.loads(sys.argv[1])
+    mode = spec["mode"]
+    started = time.perf_counter()
+    preload(mode)
+    import_seconds = time.perf_counter() - started
+    base = _rss_kb()
+    cpu0 = _cpu_seconds()
+    epoch0 = time.time()
+    wall0 = time.perf_counter()
+    MODES[mode](spec)
+    wall = time.perf_counter() - wall0
+    epoch1 = time.time()
+    cpu = _cpu_seconds() - cpu0
+    peak = _rss_kb()
+    maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    count, total = stored(spec["prefix"]) if mode != "emulator_probe" else (0, 0)
+    figures = {
+        "mode": mode,
+        "n": spec["n"],
+        "concurrency": spec.get("concurrency", 1),
+        "size": spec.get("size"),
+        "wall_s": wall,
+        "started_at": epoch0,
+        "ended_at": epoch1,
+        "cpu_s": cpu,
+        "import_s": import_seconds,
+        "rss_base_kb": base["VmRSS"],
+        "peak_rss_kb": max(maxrss_kb, peak["VmHWM"]),
+        "stored_objects": count,
+        "stored_bytes": total,
+    }
+    print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
