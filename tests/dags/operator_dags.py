@@ -12,7 +12,11 @@ FAST_RETRIES = {"retry_min_wait": 0.01, "retry_max_wait": 0.05, "max_retries": 5
 START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
 
-for dag_id, replace in (("seedream_test_batch", False), ("seedream_test_replace", True)):
+for dag_id, replace, transport in (
+    ("seedream_test_batch", False, "data_uri"),
+    ("seedream_test_replace", True, "data_uri"),
+    ("seedream_test_presigned", False, "presigned_url"),
+):
     with DAG(
         dag_id=dag_id,
         schedule=None,
@@ -37,6 +41,7 @@ for dag_id, replace in (("seedream_test_batch", False), ("seedream_test_replace"
             image="{{ params.image }}",
             extra_parameters="{{ params.extra }}",
             replace=replace,
+            reference_transport=transport,
             max_concurrency=4,
             hook_params=FAST_RETRIES,
             retries=0,

@@ -27,3 +27,4 @@ with DAG(
         hook_params={"retry_min_wait": 0.01, "retry_max_wait": 0.2, "max_retries": 8, "timeout": 1.0},
         retries=0,
     )
+

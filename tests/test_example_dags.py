@@ -1,0 +1,314 @@
+"""The example DAGs in dags/: they parse cleanly and cheaply, and run end to end against the emulator and moto."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.conftest import API_KEY, ROOT, airflow_bin
+
+DAGS = ROOT / "dags"
+DATA = ROOT / "data"
+DAG_FILES = sorted(DAGS.glob("*.py"))
+EXPECTED_DAGS = {
+    "seedream_scheduled_assets.py": {"seedream_daily_banner", "seedream_publish_banners"},
+    "seedream_catalog_batch.py": {"seedream_catalog_batch"},
+    "seedream_image_variants.py": {"seedream_image_variants"},
+}
+SECRET_MARKERS = (API_KEY, "X-Amz-Signature", "X-Tos-Signature", "X-Tos-Credential", "http://", "https://", "sk-")
+
+
+def example_dags_test(dag_id: str, bucket: str, conf: dict[str, Any], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """``airflow dags test`` of an example DAG, with dags/ as the DAGs folder; output is returned."""
+    env = os.environ.copy()
+    env.update(
+        {
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "SEEDREAM_BUCKET": bucket,
+            "SEEDREAM_TASK_RETRIES": "0",
+        }
+    )
+    command = [airflow_bin(), "dags", "test", dag_id, "-c", json.dumps(conf)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def read(s3_client, bucket: str, key: str) -> bytes:
+    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(s3_client, bucket: str, prefix: str) -> list[str]:
+    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def assert_no_secret(text: str) -> None:
+    for marker in SECRET_MARKERS:
+        assert marker not in text, marker
+
+
+def gallery_images(page: str) -> list[str]:
+    return re.findall(r'<img [^>]*src="([^"]+)"', page)
+
+
+# -- parse-time checks -----------------------------------------------------------------------
+
+
+def test_every_dag_file_imports_without_errors():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert not bag.import_errors, bag.import_errors
+    assert {path.name for path in DAG_FILES} == set(EXPECTED_DAGS)
+    assert set(bag.dag_ids) == set().union(*EXPECTED_DAGS.values())
+    for dag_id in bag.dag_ids:
+        dag = bag.dags[dag_id]
+        assert "seedream" in dag.tags and dag.catchup is False and dag.description
+
+    banner, publish = bag.dags["seedream_daily_banner"], bag.dags["seedream_publish_banners"]
+    outlets = banner.get_task("generate_banner").outlets
+    bucket = os.environ.get("SEEDREAM_BUCKET", "seedream-demo")
+    assert [outlet.uri for outlet in outlets] == [f"s3://{bucket}/banners"]
+    assert banner.schedule == "@daily"
+    assert [asset.uri for asset in publish.schedule] == [f"s3://{bucket}/banners"]
+
+    catalog = bag.dags["seedream_catalog_batch"]
+    generate = catalog.get_task("generate_images")
+    assert generate.pool == "seedream_api"
+    assert catalog.get_task("write_report").trigger_rule == "all_done"
+    variants = bag.dags["seedream_image_variants"]
+    assert variants.get_task("generate_variants").pool == "seedream_api"
+
+
+def test_dag_files_do_no_work_at_import():
+    """
+    Importing a DAG file opens no connection and loads neither boto3 nor Pillow.
+
+    The one exception is Airflow's own: an ``s3://`` asset URI is normalised by the amazon
+    provider's asset handler, whose module imports boto3; the file declaring the banners asset
+    may load boto3 through that handler only.
+    """
+    script = """
+import importlib.util, socket, sys
+
+def refuse(*args, **kwargs):
+    raise AssertionError("a DAG file opened a network connection at import")
+
+socket.socket.connect = refuse
+socket.create_connection = refuse
+for path in sys.argv[1:]:
+    spec = importlib.util.spec_from_file_location("example_dag_" + str(abs(hash(path))), path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert "PIL" not in sys.modules, (path, "PIL")
+    if "boto3" in sys.modules or "botocore" in sys.modules:
+        assert path.endswith("seedream_scheduled_assets.py"), (path, "boto3")
+        assert "airflow.providers.amazon.aws.assets.s3" in sys.modules, (path, "boto3 not from the s3 asset handler")
+    print("ok", path)
+"""
+    # The file with the s3:// asset goes last, so that the others are checked before boto3 is loaded.
+    files = sorted(DAG_FILES, key=lambda path: path.name == "seedream_scheduled_assets.py")
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, files)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok ") == len(DAG_FILES)
+
+
+def test_catalog_helpers():
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("catalog_example", DAGS / "seedream_catalog_batch.py")
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    csv_text = "sku,name,colour,category,material\nA1,Mug,red,Kitchen,clay\nA2,Lamp,black,Lighting,steel\n"
+    products = module.parse_catalog(csv_text, module.catalog_format("x/catalog.csv", "auto"), "sku")
+    assert [product["sku"] for product in products] == ["A1", "A2"]
+    prompts = module.render_prompts(products, "{{ product.colour }} {{ product.name | lower }}")
+    assert prompts == ["red mug", "black lamp"]
+    with pytest.raises(ValueError, match="appears more than once"):
+        module.parse_catalog(csv_text + "A1,Again,red,Kitchen,clay\n", "csv", "sku")
+    with pytest.raises(ValueError, match="A1"):
+        module.render_prompts(products, "{{ product.weight }}", "sku")
+    chunks = module.chunk_arguments([f"p{n}" for n in range(7)], 3)
+    assert [(chunk["prompt_index_offset"], len(chunk["prompt"])) for chunk in chunks] == [(0, 3), (3, 3), (6, 1)]
+
+
+# -- end-to-end runs -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def catalog(s3_client, bucket) -> list[dict[str, Any]]:
+    """The sample catalog, uploaded to the test's bucket."""
+    s3_client.upload_file(str(DATA / "catalog_sample.jsonl"), bucket, "catalogs/catalog_sample.jsonl")
+    return [json.loads(line) for line in (DATA / "catalog_sample.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def seedream_pool(airflow_db) -> str:
+    from airflow.models.pool import Pool
+
+    Pool.create_or_update_pool("seedream_api", slots=4, description="Seedream generation tasks", include_deferred=False)
+    return "seedream_api"
+
+
+@pytest.mark.usefixtures("airflow_db", "seedream_pool")
+def test_catalog_batch_end_to_end(seedream_emulator, s3_client, bucket, catalog):
+    conf = {"bucket": bucket, "size": "1K", "chunk_size": 5}
+    done = example_dags_test("seedream_catalog_batch", bucket, conf)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert API_KEY not in log
+    assert "rendered_map_index='products 10+2'" in log  # three chunks: 5, 5 and 2 products
+
+    stored = keys(s3_client, bucket, "catalog/images/")
+    assert stored == [f"catalog/images/{index:05d}-00.jpg" for index in range(len(catalog))]
+    assert seedream_emulator.stats()["generation_requests"] == len(catalog)
+
+    manifest_text = read(s3_client, bucket, "catalog/review/manifest.jsonl").decode()
+    rows = [json.loads(line) for line in manifest_text.splitlines()]
+    assert [row["product_id"] for row in rows] == [product["id"] for product in catalog]
+    for row, product in zip(rows, catalog):
+        assert row["status"] == "stored" and row["source"] == "task" and row["billed_images"] == 1
+        assert product["name"] in row["prompt"] and product["colour"] in row["prompt"]
+        assert row["s3_uri"] == f"s3://{bucket}/{row['key']}"
+        assert hashlib.sha256(read(s3_client, bucket, row["key"])).hexdigest() == row["sha256"]
+    assert_no_secret(manifest_text.replace(f"s3://{bucket}/", ""))
+
+    page = read(s3_client, bucket, "catalog/review/gallery.html").decode()
+    sources = gallery_images(page)
+    assert len(sources) == page.count("<img") == len(stored)
+    for src in sources:
+        assert src.startswith("data:image/jpeg;base64,")
+        thumbnail = Image.open(io.BytesIO(base64.b64decode(src.partition(",")[2])))
+        assert max(thumbnail.size) <= 320
+    assert_no_secret(page.replace(f"s3://{bucket}/", ""))
+    for product in catalog:
+        assert product["id"] in page
+
+    # A rerun of an unchanged catalog pays for nothing and reports every image as reused.
+    seedream_emulator.reset()
+    again = example_dags_test("seedream_catalog_batch", bucket, conf)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert seedream_emulator.stats()["generation_requests"] == 0
+    rows = [json.loads(line) for line in read(s3_client, bucket, "catalog/review/manifest.jsonl").splitlines()]
+    assert {(row["reused"], row["billed_images"]) for row in rows} == {(True, 0)}
+
+
+@pytest.mark.usefixtures("airflow_db", "seedream_pool")
+def test_catalog_batch_partial_failure_still_reports(seedream_emulator, s3_client, bucket):
+    products = [
+        {"id": "P1", "name": "blue vase", "category": "Decor", "colour": "blue", "material": "glass"},
+        {"id": "P2", "name": "green sofa", "category": "Furniture", "colour": "green", "material": "velvet"},
+        {"id": "P3", "name": "forbidden hat [refuse]", "category": "Hats", "colour": "red", "material": "felt"},
+        {"id": "P4", "name": "yellow scarf", "category": "Accessories", "colour": "yellow", "material": "silk"},
+        {"id": "P5", "name": "white kettle", "category": "Kitchen", "colour": "white", "material": "steel"},
+    ]
+    body = "".join(json.dumps(product) + "\n" for product in products)
+    s3_client.put_object(Bucket=bucket, Key="in/products.jsonl", Body=body.encode())
+    conf = {
+        "bucket": bucket,
+        "catalog_key": "in/products.jsonl",
+        "images_prefix": "out/img",
+        "report_prefix": "out/review",
+        "size": "1K",
+        "chunk_size": 2,
+    }
+    done = example_dags_test("seedream_catalog_batch", bucket, conf)
+    assert done.returncode != 0, "a product without an image fails the run"
+    assert "1 chunk(s) failed and 1 of 5 manifest line(s) have no valid image" in done.stdout + done.stderr
+
+    rows = {row["product_id"]: row for row in map(json.loads, read(s3_client, bucket, "out/review/manifest.jsonl").splitlines())}
+    assert rows["P3"]["status"] == "failed" and rows["P3"]["key"] is None and rows["P3"]["billed_images"] == 0
+    # P4 shares the failed chunk: its image is found in S3 and checked against its metadata.
+    assert rows["P4"]["status"] == "stored" and rows["P4"]["source"] == "s3"
+    for product_id in ("P1", "P2", "P4", "P5"):
+        row = rows[product_id]
+        assert hashlib.sha256(read(s3_client, bucket, row["key"])).hexdigest() == row["sha256"]
+    page = read(s3_client, bucket, "out/review/gallery.html").decode()
+    assert len(gallery_images(page)) == 4
+    assert "no image" in page
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_image_variants_end_to_end(seedream_emulator, s3_client, bucket):
+    photos = sorted((DATA / "photos").glob("*.jpg"))
+    assert len(photos) >= 2
+    for photo in photos:
+        s3_client.upload_file(str(photo), bucket, f"photos/{photo.name}")
+    # Not a photo of the source folder: an earlier variant, and a file that is not an image.
+    s3_client.put_object(Bucket=bucket, Key="photos/variants/old/00000-00.jpg", Body=photos[0].read_bytes())
+    s3_client.put_object(Bucket=bucket, Key="photos/README.txt", Body=b"product photos")
+    variants = [
+        {"name": "snow", "prompt": "on a snowy mountain ledge"},
+        {"name": "beach", "prompt": "on a sunny beach towel"},
+    ]
+    done = example_dags_test("seedream_image_variants", bucket, {"bucket": bucket, "size": "1K", "variants": variants})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    stats = seedream_emulator.stats()
+    assert stats["generation_requests"] == len(photos) * len(variants)
+    assert stats["references"] == len(photos) * len(variants)
+    expected = sorted(
+        f"photos/variants/{photo.stem}/{index:05d}-00.jpg" for photo in photos for index in range(len(variants))
+    )
+    stored = [key for key in keys(s3_client, bucket, "photos/variants/") if not key.startswith("photos/variants/old/")]
+    assert sorted(key for key in stored if key.endswith(".jpg")) == expected
+
+    index = json.loads(read(s3_client, bucket, "photos/variants/index.json"))["variants"]
+    assert len(index) == len(photos) * len(variants)
+    for entry in index:
+        assert entry["status"] == "stored" and entry["photo"].startswith(f"s3://{bucket}/photos/")
+        name = entry["photo"].rpartition("/")[2].rpartition(".")[0]
+        position = [variant["name"] for variant in variants].index(entry["variant"])
+        assert entry["keys"] == [f"photos/variants/{name}/{position:05d}-00.jpg"]
+        assert variants[position]["prompt"] in entry["prompt"]
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_scheduled_banner_records_its_asset_event_and_queues_the_publisher(seedream_emulator, s3_client, bucket):
+    from sqlalchemy import select
+
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    uri = f"s3://{bucket}/banners"
+    done = example_dags_test("seedream_daily_banner", bucket, {"bucket": bucket, "size": "1K", "style": "neon"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    stored = keys(s3_client, bucket, "banners/")
+    assert len(stored) == 2 and all(re.fullmatch(r"banners/\d{4}-\d\d-\d\d/0000[01]-00\.jpg", key) for key in stored)
+    day = stored[0].split("/")[1]
+
+    with create_session() as session:
+        asset = session.scalar(select(AssetModel).where(AssetModel.uri == uri))
+        assert asset is not None
+        [event] = session.scalars(select(AssetEvent).where(AssetEvent.asset_id == asset.id)).all()
+        assert event.source_dag_id == "seedream_daily_banner"
+        extra = event.extra
+        queued = session.scalars(
+            select(AssetDagRunQueue.target_dag_id).where(AssetDagRunQueue.asset_id == asset.id)
+        ).all()
+    assert extra["bucket"] == bucket and extra["prefix"] == f"banners/{day}"
+    assert extra["count"] == 2 and extra["keys"] == stored
+    assert all("neon" in prompt and day in prompt for prompt in extra["prompts"])
+    assert queued == ["seedream_publish_banners"], "the asset-scheduled DAG is queued to run"
+
+    published = example_dags_test("seedream_publish_banners", bucket, {})
+    assert published.returncode == 0, published.stdout[-3000:] + published.stderr[-3000:]
+    index = json.loads(read(s3_client, bucket, "banners/latest.json"))
+    assert index["asset"] == uri
+    [banner] = index["banners"]
+    assert banner["keys"] == stored and banner["produced_by"].startswith("seedream_daily_banner/")
+    assert f"s3://{bucket}/{stored[0]}" in published.stdout + published.stderr
