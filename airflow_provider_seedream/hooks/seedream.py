@@ -24,7 +24,7 @@ from airflow_provider_seedream.exceptions import (
     SeedreamValidationError,
 )
 from airflow_provider_seedream.image_formats import CONTENT_TYPES, SNIFF_BYTES, sniff_format
-from airflow_provider_seedream.redaction import redact_url
+from airflow_provider_seedream.redaction import redact_text, redact_url
 from airflow_provider_seedream.results import DownloadedImage, GeneratedImage, GenerationResult
 from airflow_provider_seedream.validation import DEFAULT_MODEL, validate_request
 
@@ -438,4 +438,4 @@ def api_error(response: requests.Response) -> SeedreamAPIError:
             retry_after = max(0.0, float(header))
         except ValueError:
             retry_after = None
-    return SeedreamAPIError(response.status_code, code, str(message)[:500], request_id, retry_after)
+    return SeedreamAPIError(response.status_code, code, redact_text(str(message))[:500], request_id, retry_after)

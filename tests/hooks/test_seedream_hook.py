@@ -368,3 +368,11 @@ def test_unknown_connection_names_itself():
 
     with pytest.raises(AirflowNotFoundException, match="no_such_conn"):
         SeedreamHook("no_such_conn").settings
+
+
+def test_refused_reference_link_is_not_echoed(hook, seedream_emulator):
+    link = f"{seedream_emulator.url}/missing.png?X-Amz-Signature=0123456789abcdef&X-Amz-Credential=me%2Fus"
+    with pytest.raises(SeedreamAPIError) as raised:
+        hook.generate_images("the same chair in autumn", size="1K", image=link)
+    assert raised.value.status == 400 and raised.value.code.startswith("InvalidImageURL")
+    assert "X-Amz-Signature" not in str(raised.value) and "0123456789abcdef" not in str(raised.value)
