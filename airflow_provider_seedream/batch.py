@@ -173,18 +173,18 @@ class BatchRunner:
             self._fail(report, Failure(job.index, None, "generation", "NotAttempted", self._abort, paid=False))
             return
         try:
-            result = None if self.replace else self._earlier_work(job, report)
-            if result is True:
+            if not self.replace and self._reuse_stored(job, report):
                 return
-            if result is None:
+            earlier = None if self.replace else self.store.load_pending(job.index, job.fingerprint)
+            if earlier is not None:
+                self.log.info("Prompt %d: storing %d image(s) paid for by an earlier attempt", job.index, len(earlier.images))
+                result, pending = earlier, True
+            else:
                 result = self._generate(job)
                 with self._lock:
                     report.billed_images += int(result.usage.get("generated_images", len(result.succeeded)))
                     report.output_tokens += int(result.usage.get("output_tokens", 0))
                 pending = self._save_pending(job, result)
-            else:
-                self.log.info("Prompt %d: storing %d image(s) paid for by an earlier attempt", job.index, len(result.images))
-                pending = True
         except SeedreamAPIError as error:
             if error.status in ABORTING_STATUSES or error.code in NON_RETRYABLE_429_CODES:
                 self._abort = f"stopped after HTTP {error.status} {error.code or ''}".strip()
@@ -201,17 +201,20 @@ class BatchRunner:
                 continue
             keep_pending |= not self._store(job, result, image, group, report)
         if pending and not keep_pending:
-            self._quietly(self.store.drop_pending, job.index)
+            try:
+                self.store.drop_pending(job.index)
+            except Exception as error:
+                self.log.warning("Prompt %d: could not remove its pending links: %s", job.index, type(error).__name__)
 
-    def _earlier_work(self, job: PromptJob, report: BatchReport) -> GenerationResult | bool | None:
-        """``True`` when the prompt's images are stored already; the links an earlier attempt paid for; or ``None``."""
+    def _reuse_stored(self, job: PromptJob, report: BatchReport) -> bool:
+        """Report the prompt's images if they are all stored already from the same request."""
         stored = self.store.stored_group(job.index, job.fingerprint)
-        if stored is not None:
-            with self._lock:
-                report.reused += len(stored)
-                report.records.extend(self._record(job, item, reused=True) for item in stored)
-            return True
-        return self.store.load_pending(job.index, job.fingerprint)
+        if stored is None:
+            return False
+        with self._lock:
+            report.reused += len(stored)
+            report.records.extend(self._record(job, item, reused=True) for item in stored)
+        return True
 
     def _save_pending(self, job: PromptJob, result: GenerationResult) -> bool:
         try:
@@ -219,12 +222,6 @@ class BatchRunner:
         except Exception as error:
             self.log.warning("Prompt %d: could not record its links for a resume: %s", job.index, type(error).__name__)
             return False
-
-    def _quietly(self, action: Any, *args: Any) -> None:
-        try:
-            action(*args)
-        except Exception as error:
-            self.log.warning("S3 clean-up failed: %s", type(error).__name__)
 
     def _generate(self, job: PromptJob) -> GenerationResult:
         body = dict(job.body)
