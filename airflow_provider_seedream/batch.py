@@ -131,9 +131,11 @@ class BatchRunner:
         self.log = log
         self._lock = threading.Lock()
         self._abort: str | None = None
+        self._pending: set[int] = set()
 
     def run(self, jobs: list[PromptJob]) -> BatchReport:
         report = BatchReport(total_prompts=len(jobs))
+        self._pending = set() if self.replace else self.store.pending_prompts()
         last_log = time.monotonic()
         with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="seedream") as pool:
             futures = [pool.submit(self._run_job, job, report) for job in jobs]
@@ -174,8 +176,10 @@ class BatchRunner:
             return
         try:
             if not self.replace and self._reuse_stored(job, report):
+                if job.index in self._pending:
+                    self.store.drop_pending(job.index)
                 return
-            earlier = None if self.replace else self.store.load_pending(job.index, job.fingerprint)
+            earlier = self.store.load_pending(job.index, job.fingerprint) if job.index in self._pending else None
             if earlier is not None:
                 self.log.info("Prompt %d: storing %d image(s) paid for by an earlier attempt", job.index, len(earlier.images))
                 result, pending = earlier, True

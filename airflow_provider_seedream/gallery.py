@@ -71,12 +71,14 @@ def manifest_row(
     if record is None:
         row.update({field: None for field in ("s3_uri", "key", "image_index", "sha256", "bytes")})
         row["billed_images"] = 0 if status == STATUS_FAILED else None
+        row["source"] = None
         return row
     row.update({field: record[field] for field in RECORD_FIELDS if field in record})
     row.update({field: record[field] for field in USAGE_FIELDS if field in record})
     if "billed_images" not in row and "reused" in record and source == "task":
         # The operator pays for an image it generates and nothing for one it reuses.
         row["billed_images"] = 0 if record["reused"] else 1
+    row.setdefault("billed_images", None)  # unknown: read back from S3
     row["source"] = source
     return row
 

@@ -151,6 +151,17 @@ class ImageStore:
         )
         return True
 
+    def pending_prompts(self) -> set[int]:
+        """The prompt indices that have pending links, found with one listing."""
+        folder = self.pending_key(0).rsplit("/", 1)[0] + "/"
+        indices = set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+            for item in page.get("Contents", []):
+                stem = item["Key"][len(folder) :].removesuffix(".json")
+                if stem.isdigit():
+                    indices.add(int(stem))
+        return indices
+
     def load_pending(self, prompt_index: int, fingerprint: str) -> GenerationResult | None:
         """The images an earlier attempt paid for and did not store, if their links are still valid."""
         try:

@@ -191,3 +191,32 @@ def test_task_log_reports_progress_retries_and_failures(seedream_emulator, s3_cl
     assert "Seedream download failed" in log and ("truncated" in log or "broke after" in log)
     [stored] = s3_client.list_objects_v2(Bucket=bucket, Prefix="batch/")["Contents"]
     assert stored["Key"] == "batch/00000-00.jpg"
+
+
+def test_a_retry_downloads_what_the_failed_attempt_paid_for(seedream_emulator, s3_client, bucket):
+    seedream_emulator.configure(download_script=["500"] * 6)
+    first = run_dag("seedream_test_batch", prompts=["a lighthouse at dawn"], bucket=bucket, prefix="p")
+    assert first.state == "failed"
+    assert set(objects(s3_client, bucket)) == {"p/_pending/00000.json"}
+    pending = json.loads(objects(s3_client, bucket)["p/_pending/00000.json"])
+    assert [image["index"] for image in pending["images"]] == [0]
+
+    second = run_dag("seedream_test_batch", prompts=["a lighthouse at dawn"], bucket=bucket, prefix="p")
+    assert second.state == "success"
+    stats = seedream_emulator.stats()
+    assert stats["generation_requests"] == 1 and stats["images_generated"] == 1, "paid for once"
+    stored = objects(s3_client, bucket)
+    assert set(stored) == {"p/00000-00.jpg"}
+    assert hashlib.sha256(stored["p/00000-00.jpg"]).hexdigest() in served_hashes(seedream_emulator)
+
+
+def test_pending_links_of_a_changed_prompt_or_a_stored_image_are_not_used(seedream_emulator, s3_client, bucket):
+    run_dag("seedream_test_batch", prompts=["a red barn", "a blue barn"], bucket=bucket, prefix="p")
+    stale = {"fingerprint": "0" * 64, "expires_at": 4102444800, "images": [{"index": 0, "url": "http://127.0.0.1:9/x"}]}
+    for index in (0, 1):
+        s3_client.put_object(Bucket=bucket, Key=f"p/_pending/{index:05d}.json", Body=json.dumps(stale).encode())
+    seedream_emulator.reset()
+    run = run_dag("seedream_test_batch", prompts=["a red barn", "a green barn"], bucket=bucket, prefix="p")
+    assert run.state == "success"
+    assert seedream_emulator.stats()["generation_requests"] == 1, "the changed prompt is generated, not resumed"
+    assert set(objects(s3_client, bucket)) == {"p/00000-00.jpg", "p/00001-00.jpg"}, "no pending link is left"
