@@ -50,7 +50,7 @@ class PromptJob:
 
 @dataclass(frozen=True)
 class Failure:
-    """Something that did not end in S3, and whether it had been paid for."""
+    """Something that did not end in S3, whether it had been paid for, and whether a retry may help."""
 
     prompt_index: int
     image_index: int | None
@@ -58,6 +58,7 @@ class Failure:
     code: str
     message: str
     paid: bool
+    retryable: bool = True
 
     def describe(self) -> str:
         where = f"prompt {self.prompt_index}" + (f" image {self.image_index}" if self.image_index is not None else "")
@@ -77,6 +78,11 @@ class BatchReport:
     reused: int = 0
     billed_images: int = 0
     output_tokens: int = 0
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a retry of the task may store more (some failure was a transient one)."""
+        return any(failure.retryable for failure in self.failures)
 
     def summary(self) -> str:
         lines = [
@@ -172,7 +178,7 @@ class BatchRunner:
 
     def _run_job(self, job: PromptJob, report: BatchReport) -> None:
         if self._abort:
-            self._fail(report, Failure(job.index, None, "generation", "NotAttempted", self._abort, paid=False))
+            self._fail(report, Failure(job.index, None, "generation", "NotAttempted", self._abort, paid=False, retryable=False))
             return
         try:
             if not self.replace and self._reuse_stored(job, report):
@@ -192,7 +198,8 @@ class BatchRunner:
         except SeedreamAPIError as error:
             if error.status in ABORTING_STATUSES or error.code in NON_RETRYABLE_429_CODES:
                 self._abort = f"stopped after HTTP {error.status} {error.code or ''}".strip()
-            self._fail(report, Failure(job.index, None, "generation", error.code or f"HTTP{error.status}", error.message, paid=False))
+            code = error.code or f"HTTP{error.status}"
+            self._fail(report, Failure(job.index, None, "generation", code, error.message, False, error.retryable))
             return
         except Exception as error:  # a broken connection after every retry, an S3 outage...
             self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error)[:300], paid=False))
@@ -201,7 +208,8 @@ class BatchRunner:
         keep_pending = False
         for image in result.images:
             if not image.ok:
-                self._fail(report, Failure(job.index, image.index, "generation", image.error_code or "Error", image.error_message or "", paid=False))
+                code, message = image.error_code or "Error", image.error_message or ""
+                self._fail(report, Failure(job.index, image.index, "generation", code, message, False, retryable=False))
                 continue
             keep_pending |= not self._store(job, result, image, group, report)
         if pending and not keep_pending:
@@ -256,12 +264,14 @@ class BatchRunner:
                 )
                 self.store.upload(spool, stored, result.request_id)
         except SeedreamError as error:
-            self._fail(report, Failure(job.index, image.index, "download", type(error).__name__, str(error), paid=True))
-            return not getattr(error, "retryable", False)
+            retryable = bool(getattr(error, "retryable", False))
+            self._fail(report, Failure(job.index, image.index, "download", type(error).__name__, str(error), True, retryable))
+            return not retryable
         except StorageError as error:
             if error.fatal:
                 self._abort = f"stopped after S3 answered {error.code}"
-            self._fail(report, Failure(job.index, image.index, "upload", error.code or "StorageError", str(error), paid=True))
+            code = error.code or "StorageError"
+            self._fail(report, Failure(job.index, image.index, "upload", code, str(error), True, not error.fatal))
             return False
         self.log.debug("Stored %s (%d bytes)", stored.s3_uri, stored.bytes)
         with self._lock:

@@ -190,10 +190,12 @@ class ImageStore:
         except Exception as error:
             code = _client_error_code(error)
             if code in ("404", "NoSuchBucket"):
-                raise StorageError(f"s3_bucket: bucket {self.bucket!r} does not exist") from None
+                raise StorageError(f"s3_bucket: bucket {self.bucket!r} does not exist", "NoSuchBucket") from None
             if code in ("403", "AccessDenied"):
-                raise StorageError(f"s3_bucket: access to bucket {self.bucket!r} is denied for these credentials") from None
-            raise StorageError(f"s3_bucket: cannot reach bucket {self.bucket!r}: {type(error).__name__}: {code or error}") from None
+                message = f"s3_bucket: access to bucket {self.bucket!r} is denied for these credentials"
+                raise StorageError(message, "AccessDenied") from None
+            message = f"s3_bucket: cannot reach bucket {self.bucket!r}: {type(error).__name__}: {code or error}"
+            raise StorageError(message, code) from None
 
     def stored_group(self, prompt_index: int, fingerprint: str) -> list[StoredObject] | None:
         """

@@ -33,6 +33,8 @@ from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
 BUCKET = os.environ.get("SEEDREAM_BUCKET", "seedream-demo")
 SEEDREAM_CONN_ID = os.environ.get("SEEDREAM_CONN_ID", "seedream_default")
 AWS_CONN_ID = os.environ.get("SEEDREAM_AWS_CONN_ID", "aws_default")
+# Task-level retries; the hook already retries rate limits, 5xx and broken connections itself.
+TASK_RETRIES = int(os.environ.get("SEEDREAM_TASK_RETRIES", "2"))
 POOL = os.environ.get("SEEDREAM_POOL", "seedream_api")
 # Requests in flight per mapped task instance; the pool's slots times this bounds the total.
 MAX_CONCURRENCY = 4
@@ -90,7 +92,7 @@ def catalog_format(key: str, fmt: str) -> str:
     return "csv" if key.lower().endswith((".csv", ".csv.gz")) else "jsonl"
 
 
-def render_prompts(products: Sequence[Mapping[str, Any]], template: str) -> list[str]:
+def render_prompts(products: Sequence[Mapping[str, Any]], template: str, id_field: str = "id") -> list[str]:
     """
     Render ``template`` once per product (a sandboxed Jinja template; ``product`` is the row).
 
@@ -105,9 +107,9 @@ def render_prompts(products: Sequence[Mapping[str, Any]], template: str) -> list
         try:
             text = " ".join(compiled.render(product=product).split())
         except UndefinedError as error:
-            raise ValueError(f"prompt template for product {product.get('id')!r}: {error}") from None
+            raise ValueError(f"prompt template for product {product.get(id_field)!r}: {error}") from None
         if not text:
-            raise ValueError(f"prompt template rendered an empty prompt for product {product.get('id')!r}")
+            raise ValueError(f"prompt template rendered an empty prompt for product {product.get(id_field)!r}")
         prompts.append(text)
     return prompts
 
@@ -120,6 +122,56 @@ def chunk_arguments(prompts: Sequence[str], chunk_size: int) -> list[dict[str, A
     ]
 
 
+def images_in_s3(
+    client: Any, bucket: str, images_prefix: str, wanted: set[int], since: datetime.datetime
+) -> dict[int, list[dict[str, Any]]]:
+    """
+    Find the stored images of the products at the ``wanted`` indexes, for a report.
+
+    An object written since ``since`` (the run's start) was generated, and paid for, by this
+    run: its status is ``stored``. An older one may be an image reused for the same prompt or
+    one left from a different prompt: its status is ``unverified``.
+
+    :param client: a boto3 S3 client.
+    :return: by product index, the fields of a manifest line for each image found.
+    """
+    import re
+
+    from airflow_provider_seedream.gallery import STATUS_STORED, STATUS_UNVERIFIED
+    from airflow_provider_seedream.storage import META_MODEL, META_SHA256, META_SIZE
+
+    pattern = re.compile(KEY_PATTERN)
+    found: dict[int, list[dict[str, Any]]] = {}
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"{images_prefix}/" if images_prefix else ""
+    )
+    for page in pages:
+        for item in page.get("Contents", []):
+            match = pattern.match(item["Key"].rpartition("/")[2])
+            if not match or int(match["index"]) not in wanted:
+                continue
+            head = client.head_object(Bucket=bucket, Key=item["Key"])
+            metadata = head.get("Metadata", {})
+            this_run = head["LastModified"] >= since
+            found.setdefault(int(match["index"]), []).append(
+                {
+                    "status": STATUS_STORED if this_run else STATUS_UNVERIFIED,
+                    "billed_images": 1 if this_run else None,
+                    "s3_uri": f"s3://{bucket}/{item['Key']}",
+                    "bucket": bucket,
+                    "key": item["Key"],
+                    "image_index": int(match["image"]),
+                    "sha256": metadata.get(META_SHA256),
+                    "bytes": head.get("ContentLength"),
+                    "content_type": head.get("ContentType"),
+                    "model": metadata.get(META_MODEL),
+                    "size": metadata.get(META_SIZE),
+                    "last_modified": head["LastModified"].isoformat(),
+                }
+            )
+    return found
+
+
 with DAG(
     dag_id="seedream_catalog_batch",
     description="One generated product image per catalog row, fanned out in chunks, with a manifest and a gallery",
@@ -129,7 +181,7 @@ with DAG(
     max_active_runs=1,
     tags=["seedream", "example"],
     params={
-        "bucket": Param(BUCKET, type="string", minLength=3, description="The bucket of the catalog, images and report."),
+        "bucket": Param(BUCKET, type="string", minLength=3, description="The bucket of catalog, images and report."),
         "catalog_key": Param(
             "catalogs/catalog_sample.jsonl", type="string", description="The catalog's key: JSON Lines or CSV."
         ),
@@ -139,7 +191,7 @@ with DAG(
             DEFAULT_PROMPT_TEMPLATE, type="string", description="Jinja template of a prompt; `product` is the row."
         ),
         "images_prefix": Param("catalog/images", type="string", description="Where the images go."),
-        "report_prefix": Param("catalog/review", type="string", description="Where manifest.jsonl and gallery.html go."),
+        "report_prefix": Param("catalog/review", type="string", description="Where manifest.jsonl, gallery.html go."),
         "size": Param("2K", type="string", description="1K, 2K, 3K, 4K or WxH (at least 3,686,400 pixels for 5.0)."),
         "chunk_size": Param(50, type="integer", minimum=1, maximum=1000, description="Products per mapped task."),
         "max_products": Param(0, type="integer", minimum=0, description="Only the first N products (0: all)."),
@@ -163,7 +215,7 @@ with DAG(
             products = products[: params["max_products"]]
         if not products:
             raise ValueError(f"the catalog s3://{params['bucket']}/{key} holds no product")
-        prompts = render_prompts(products, params["prompt_template"])
+        prompts = render_prompts(products, params["prompt_template"], params["id_field"])
         log.info("Catalog s3://%s/%s: %d products", params["bucket"], key, len(products))
         return [
             {
@@ -194,12 +246,13 @@ with DAG(
         aws_conn_id=AWS_CONN_ID,
         max_concurrency=MAX_CONCURRENCY,
         pool=POOL,
-        retries=2,
+        retries=TASK_RETRIES,
         retry_delay=datetime.timedelta(minutes=1),
         map_index_template="products {{ task.prompt_index_offset }}+{{ task.prompt | length }}",
     ).expand_kwargs(plan_chunks(products))
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    # Runs once every chunk is done, failed or not; skipped only when nothing upstream succeeded.
+    @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS, retries=0)
     def write_report(
         products: list[dict[str, Any]],
         params: dict[str, Any] | None = None,
@@ -210,14 +263,12 @@ with DAG(
         import datetime as dt
         import hashlib
         import logging
-        import re
         from concurrent.futures import ThreadPoolExecutor
 
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_provider_seedream import gallery
-        from airflow_provider_seedream.storage import META_MODEL, META_SHA256, META_SIZE
 
         log = logging.getLogger(__name__)
         assert params is not None
@@ -226,46 +277,23 @@ with DAG(
         report_prefix = params["report_prefix"].strip("/")
         client = S3Hook(aws_conn_id=AWS_CONN_ID).conn
 
-        # What each chunk's task returned; a failed chunk pushed nothing.
-        chunks = sorted({product["chunk"] for product in products})
+        # What each chunk's task returned; a chunk that did not succeed pushed nothing.
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["generate_images"], run_ids=[ti.run_id])
+        states = states.get(ti.run_id, {})
         records: list[dict[str, Any]] = []
         failed_chunks = set()
-        for chunk in chunks:
-            pulled = ti.xcom_pull(task_ids="generate_images", map_indexes=chunk)
-            if pulled is None:
-                failed_chunks.add(chunk)
+        for chunk in sorted({product["chunk"] for product in products}):
+            if states.get(f"generate_images_{chunk}") == "success":
+                records.extend(ti.xcom_pull(task_ids="generate_images", map_indexes=chunk) or [])
             else:
-                records.extend(pulled)
+                failed_chunks.add(chunk)
 
         # For the products of failed chunks, what is in S3: written by this run, or older.
         found: dict[int, list[dict[str, Any]]] = {}
         if failed_chunks:
             wanted = {product["index"] for product in products if product["chunk"] in failed_chunks}
             since = dag_run.start_date.replace(microsecond=0) - dt.timedelta(seconds=1)
-            pattern = re.compile(KEY_PATTERN)
-            paginator = client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=bucket, Prefix=f"{images_prefix}/" if images_prefix else ""):
-                for item in page.get("Contents", []):
-                    match = pattern.match(item["Key"].rpartition("/")[2])
-                    if not match or int(match["index"]) not in wanted:
-                        continue
-                    head = client.head_object(Bucket=bucket, Key=item["Key"])
-                    metadata = head.get("Metadata", {})
-                    found.setdefault(int(match["index"]), []).append(
-                        {
-                            "status": gallery.STATUS_STORED if head["LastModified"] >= since else gallery.STATUS_UNVERIFIED,
-                            "s3_uri": f"s3://{bucket}/{item['Key']}",
-                            "bucket": bucket,
-                            "key": item["Key"],
-                            "image_index": int(match["image"]),
-                            "sha256": metadata.get(META_SHA256),
-                            "bytes": head.get("ContentLength"),
-                            "content_type": head.get("ContentType"),
-                            "model": metadata.get(META_MODEL),
-                            "size": metadata.get(META_SIZE),
-                            "last_modified": head["LastModified"].isoformat(),
-                        }
-                    )
+            found = images_in_s3(client, bucket, images_prefix, wanted, since)
         rows = gallery.build_manifest(products, records, found)
 
         # Thumbnails, checked against the manifest's sha256 as they are read.

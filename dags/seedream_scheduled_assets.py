@@ -26,6 +26,8 @@ from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
 BUCKET = os.environ.get("SEEDREAM_BUCKET", "seedream-demo")
 SEEDREAM_CONN_ID = os.environ.get("SEEDREAM_CONN_ID", "seedream_default")
 AWS_CONN_ID = os.environ.get("SEEDREAM_AWS_CONN_ID", "aws_default")
+# Task-level retries; the hook already retries rate limits, 5xx and broken connections itself.
+TASK_RETRIES = int(os.environ.get("SEEDREAM_TASK_RETRIES", "2"))
 BANNERS = Asset(f"s3://{BUCKET}/banners", extra={"producer": "seedream_daily_banner"})
 # The run's date; a run triggered without a logical date falls back to when it was due.
 RUN_DATE = "{{ (logical_date or dag_run.run_after) | ds }}"
@@ -49,17 +51,17 @@ with DAG(
     SeedreamToS3Operator(
         task_id="generate_banner",
         prompt=[
-            f"a {{{{ params.style }}}} website banner for {{{{ params.theme }}}}, dated {RUN_DATE}, wide composition, "
+            "a {{ params.style }} website banner for {{ params.theme }}, dated " + RUN_DATE + ", wide composition, "
             "empty space on the left for a headline",
-            f"a {{{{ params.style }}}} square social media post for {{{{ params.theme }}}}, dated {RUN_DATE}",
+            "a {{ params.style }} square social media post for {{ params.theme }}, dated " + RUN_DATE,
         ],
         s3_bucket="{{ params.bucket }}",
-        s3_prefix=f"banners/{RUN_DATE}",
+        s3_prefix="banners/" + RUN_DATE,
         size="{{ params.size }}",
         seedream_conn_id=SEEDREAM_CONN_ID,
         aws_conn_id=AWS_CONN_ID,
         outlets=[BANNERS],
-        retries=2,
+        retries=TASK_RETRIES,
         retry_delay=datetime.timedelta(minutes=5),
     )
 
@@ -85,8 +87,7 @@ with DAG(
         events = list((triggering_asset_events or {}).get(BANNERS, []))
         if not events:
             # Run by hand: use the asset's latest event instead.
-            latest = list(inlet_events[BANNERS]) if inlet_events is not None else []
-            events = latest[-1:]
+            events = list(inlet_events[BANNERS].ascending(False).limit(1)) if inlet_events is not None else []
         if not events:
             raise ValueError(f"no event of {BANNERS.uri} yet: run seedream_daily_banner first")
         banners = []

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-Run the catalog batch example DAG end to end and open its gallery: ``make demo``.
+Run the catalog batch example DAG end to end and copy its review gallery to ``.demo/``: ``make demo``.
 
 Offline (no ``COMETAPI_KEY``): starts the Seedream emulator and moto's S3 server on free local
 ports, migrates an Airflow SQLite database under ``.airflow/``, uploads the sample catalog,
@@ -44,6 +44,11 @@ POOL_SLOTS = 4
 COMETAPI_URL = "https://api.cometapi.com"
 OFFLINE_BUCKET = "seedream-demo"
 DUMMY_KEY = "sk-demo-offline-key"
+DUMMY_AWS = {
+    "AWS_ACCESS_KEY_ID": "demo-key-id",
+    "AWS_SECRET_ACCESS_KEY": "demo-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 STARTUP_SECONDS = 30.0
 
 
@@ -149,6 +154,8 @@ def base_env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # A demo run fails fast instead of waiting for task retries; the hook still retries 429 and 5xx.
+    env.setdefault("SEEDREAM_TASK_RETRIES", "0")
     return env
 
 
@@ -160,7 +167,10 @@ def s3_client(endpoint_url: str | None) -> Any:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
+    """The command line's options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--size", default="1K", help="image size: 1K, 2K or WxH (default: %(default)s)")
     parser.add_argument("--products", type=int, default=0, help="only the first N products (default: all 12)")
     parser.add_argument("--chunk-size", type=int, default=4, help="products per mapped task (default: %(default)s)")
@@ -169,67 +179,112 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def use_real_service(env: dict[str, str], api_key: str) -> str | None:
+    """Point the connections at the real service and S3; return the bucket, or ``None`` when unset."""
+    bucket = os.environ.get("SEEDREAM_BUCKET", "").strip()
+    if not bucket:
+        say("COMETAPI_KEY is set: set SEEDREAM_BUCKET to an existing bucket too (AWS credentials as usual).")
+        return None
+    say(f"Mode: REAL service ({COMETAPI_URL}) and real S3 bucket s3://{bucket} -- this is billed.")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    env["AIRFLOW_CONN_SEEDREAM_DEFAULT"] = json.dumps(
+        {"conn_type": "seedream", "host": COMETAPI_URL, "password": api_key}
+    )
+    extra = {"region_name": region} if region else {}
+    env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({"conn_type": "aws", "extra": extra})
+    return bucket
+
+
+def use_local_servers(env: dict[str, str], stack: ExitStack) -> tuple[str, str]:
+    """Start the emulator and moto, point the connections at them; return the bucket and S3 endpoint."""
+    bucket = os.environ.get("SEEDREAM_BUCKET", "").strip() or OFFLINE_BUCKET
+    emulator_url = f"http://127.0.0.1:{free_port()}"
+    endpoint_url = f"http://127.0.0.1:{free_port()}"
+    say(f"Mode: OFFLINE (Seedream emulator at {emulator_url}, moto S3 at {endpoint_url}); no key, nothing billed.")
+    server_env = {key: value for key, value in env.items() if not key.startswith("AIRFLOW")}
+    emulator = Server(
+        "Seedream emulator",
+        [
+            sys.executable, "-m", "airflow_provider_seedream.emulator",
+            "--port", emulator_url.rpartition(":")[2], "--log-level", "warning",
+        ],
+        f"{emulator_url}/_emulator/health",
+        DEMO_DIR / "emulator.log",
+    )
+    moto = Server(
+        "moto S3 server",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", endpoint_url.rpartition(":")[2]],
+        f"{endpoint_url}/moto-api/",
+        DEMO_DIR / "moto.log",
+    )
+    stack.enter_context(running(emulator, server_env))
+    stack.enter_context(running(moto, server_env))
+    # Dummy credentials only, here and in Airflow: the user's own AWS settings never reach moto.
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        env.pop(name, None)
+        os.environ.pop(name, None)
+    env.update(DUMMY_AWS)
+    os.environ.update(DUMMY_AWS)
+    env["AIRFLOW_CONN_SEEDREAM_DEFAULT"] = json.dumps(
+        {"conn_type": "seedream", "host": emulator_url, "password": DUMMY_KEY}
+    )
+    env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": DUMMY_AWS["AWS_ACCESS_KEY_ID"],
+            "password": DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
+            "extra": {"endpoint_url": endpoint_url, "region_name": DUMMY_AWS["AWS_DEFAULT_REGION"]},
+        }
+    )
+    return bucket, endpoint_url
+
+
+def report(client: Any, bucket: str, prefix: str) -> None:
+    """Print the stored images' URIs and copy the manifest and the gallery to ``.demo/``."""
+    listing = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/images/")
+    images = [
+        item["Key"] for page in listing for item in page.get("Contents", []) if item["Key"].endswith((".jpg", ".png"))
+    ]
+    say(f"{len(images)} image(s) stored:")
+    for key in images:
+        print(f"  s3://{bucket}/{key}")
+    for name in ("manifest.jsonl", "gallery.html"):
+        key = f"{prefix}/review/{name}"
+        try:
+            client.download_file(bucket, key, str(DEMO_DIR / name))
+        except Exception as error:  # the run failed before writing its report
+            say(f"No s3://{bucket}/{key}: {type(error).__name__}")
+        else:
+            say(f"s3://{bucket}/{key} -> {(DEMO_DIR / name).relative_to(ROOT)}")
+    manifest = DEMO_DIR / "manifest.jsonl"
+    if manifest.exists():
+        statuses: dict[str, int] = {}
+        for line in manifest.read_text().splitlines():
+            status = json.loads(line)["status"]
+            statuses[status] = statuses.get(status, 0) + 1
+        say(f"Manifest: {', '.join(f'{count} {status}' for status, count in sorted(statuses.items()))}")
+    gallery = DEMO_DIR / "gallery.html"
+    if gallery.exists():
+        say(f"Open the gallery: {gallery.as_uri()}")
+
+
 def run_demo(args: argparse.Namespace, stack: ExitStack) -> int:
+    """Set up, run the catalog batch DAG once and report; return the exit code."""
     DEMO_DIR.mkdir(exist_ok=True)
     AIRFLOW_HOME.mkdir(exist_ok=True)
+    for name in ("manifest.jsonl", "gallery.html"):  # never show a previous run's report
+        (DEMO_DIR / name).unlink(missing_ok=True)
     env = base_env()
     api_key = os.environ.get("COMETAPI_KEY", "").strip()
-
+    endpoint_url: str | None = None
     if api_key:
-        bucket = os.environ.get("SEEDREAM_BUCKET", "").strip()
-        if not bucket:
-            say("COMETAPI_KEY is set: set SEEDREAM_BUCKET to an existing bucket too (AWS credentials as usual).")
+        real_bucket = use_real_service(env, api_key)
+        if real_bucket is None:
             return 2
-        say(f"Mode: REAL service ({COMETAPI_URL}) and real S3 bucket s3://{bucket} -- this is billed.")
-        endpoint_url = None
-        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        aws_extra = {"region_name": region} if region else {}
-        env["AIRFLOW_CONN_SEEDREAM_DEFAULT"] = json.dumps({"conn_type": "seedream", "host": COMETAPI_URL, "password": api_key})
-        env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({"conn_type": "aws", "extra": aws_extra})
+        bucket = real_bucket
     else:
-        bucket = os.environ.get("SEEDREAM_BUCKET", "").strip() or OFFLINE_BUCKET
-        emulator_port, moto_port = free_port(), free_port()
-        emulator_url = f"http://127.0.0.1:{emulator_port}"
-        endpoint_url = f"http://127.0.0.1:{moto_port}"
-        server_env = {key: value for key, value in env.items() if not key.startswith("AIRFLOW")}
-        emulator = Server(
-            "Seedream emulator",
-            [sys.executable, "-m", "airflow_provider_seedream.emulator", "--port", str(emulator_port), "--log-level", "warning"],
-            f"{emulator_url}/_emulator/health",
-            DEMO_DIR / "emulator.log",
-        )
-        moto = Server(
-            "moto S3 server",
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-            f"{endpoint_url}/moto-api/",
-            DEMO_DIR / "moto.log",
-        )
-        say(f"Mode: OFFLINE (Seedream emulator at {emulator_url}, moto S3 at {endpoint_url}); no key, nothing billed.")
-        stack.enter_context(running(emulator, server_env))
-        stack.enter_context(running(moto, server_env))
-        # Dummy credentials only: the user's own AWS settings must not reach moto, nor the reverse.
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-            env.pop(name, None)
-        env.update({"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1"})
-        os.environ.update({key: env[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-            os.environ.pop(name, None)
-        env["AIRFLOW_CONN_SEEDREAM_DEFAULT"] = json.dumps({"conn_type": "seedream", "host": emulator_url, "password": DUMMY_KEY})
-        env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "demo",
-                "password": "demo",
-                "extra": {"endpoint_url": endpoint_url, "region_name": "us-east-1"},
-            }
-        )
+        bucket, endpoint_url = use_local_servers(env, stack)
     env["SEEDREAM_BUCKET"] = bucket
-
-    say(f"Migrating the Airflow database in {AIRFLOW_HOME.relative_to(ROOT)}/ ...")
-    log = DEMO_DIR / "airflow-db-migrate.log"
-    if airflow(["db", "migrate"], env, log) != 0:
-        say(f"airflow db migrate failed:\n{tail(log)}")
-        return 1
 
     client = s3_client(endpoint_url)
     prefix = args.prefix.strip("/")
@@ -237,10 +292,19 @@ def run_demo(args: argparse.Namespace, stack: ExitStack) -> int:
     if endpoint_url:
         client.create_bucket(Bucket=bucket)
     else:
-        client.head_bucket(Bucket=bucket)
+        try:
+            client.head_bucket(Bucket=bucket)
+        except Exception as error:
+            say(f"Cannot use s3://{bucket} with these AWS credentials: {type(error).__name__}: {error}")
+            return 2
     client.upload_file(str(CATALOG), bucket, catalog_key, ExtraArgs={"ContentType": "application/x-ndjson"})
     say(f"Uploaded the sample catalog to s3://{bucket}/{catalog_key}")
 
+    say(f"Migrating the Airflow database in {AIRFLOW_HOME.relative_to(ROOT)}/ ...")
+    log = DEMO_DIR / "airflow-db-migrate.log"
+    if airflow(["db", "migrate"], env, log) != 0:
+        say(f"airflow db migrate failed:\n{tail(log)}")
+        return 1
     log = DEMO_DIR / "airflow-pools.log"
     if airflow(["pools", "set", POOL, str(POOL_SLOTS), "Concurrent Seedream generation tasks"], env, log) != 0:
         say(f"airflow pools set failed:\n{tail(log)}")
@@ -258,33 +322,18 @@ def run_demo(args: argparse.Namespace, stack: ExitStack) -> int:
     }
     log = DEMO_DIR / "airflow-dags-test.log"
     say(f"Running: airflow dags test {DAG_ID} -c '{json.dumps(conf)}'")
-    say(f"(Airflow's output: {log.relative_to(ROOT)})" if not args.verbose else "(Airflow's output follows)")
+    say("(Airflow's output follows)" if args.verbose else f"(Airflow's output: {log.relative_to(ROOT)})")
     started = time.monotonic()
     code = airflow(["dags", "test", DAG_ID, "-c", json.dumps(conf)], env, log, verbose=args.verbose)
     say(f"The DAG run {'succeeded' if code == 0 else 'FAILED'} in {time.monotonic() - started:.1f} s")
     if code != 0 and not args.verbose:
         say(f"Last lines of the log:\n{tail(log, 60)}")
-
-    listing = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/images/")
-    images = [item["Key"] for page in listing for item in page.get("Contents", [])]
-    say(f"{len(images)} image(s) stored:")
-    for key in images:
-        print(f"  s3://{bucket}/{key}")
-    for name in ("manifest.jsonl", "gallery.html"):
-        key = f"{prefix}/review/{name}"
-        try:
-            client.download_file(bucket, key, str(DEMO_DIR / name))
-        except Exception as error:  # the run failed before writing its report
-            say(f"No s3://{bucket}/{key}: {type(error).__name__}")
-        else:
-            say(f"s3://{bucket}/{key} -> {(DEMO_DIR / name).relative_to(ROOT)}")
-    gallery = DEMO_DIR / "gallery.html"
-    if gallery.exists():
-        say(f"Open the gallery: {gallery.as_uri()}")
+    report(client, bucket, prefix)
     return 0 if code == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo; stop what it started on any exit, Ctrl-C and SIGTERM included."""
     args = parse_args(argv)
     if shutil.which("airflow", path=str(Path(sys.executable).parent)) is None:
         say(f"warning: no 'airflow' next to {sys.executable}; run with the project's venv (.venv/bin/python)")
@@ -292,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     def terminate(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
     started = time.monotonic()
@@ -299,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             code = run_demo(args, stack)
     except KeyboardInterrupt:
-        say("Interrupted; the servers were stopped.")
+        say("Interrupted; the servers started by the demo were stopped.")
         return 130
     say(f"Done in {time.monotonic() - started:.1f} s")
     return code

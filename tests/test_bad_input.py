@@ -25,6 +25,7 @@ def test_each_bad_input_fails_before_spending(seedream_emulator, bucket, tmp_pat
     missing = {task_id: message for task_id, (_, message) in BAD_INPUTS.items() if message not in log}
     assert not missing, f"errors not found in the task logs: {missing}"
     assert log.count("Task failed with exception") >= len(BAD_INPUTS)
+    assert log.count("AirflowFailException") >= len(BAD_INPUTS) - 2, "bad input is not retried"
     stats = seedream_emulator.stats()
     assert stats["generation_requests"] == 0 and stats["images_generated"] == 0
     assert len(BAD_INPUTS) >= 25

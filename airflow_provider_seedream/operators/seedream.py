@@ -160,16 +160,25 @@ class SeedreamToS3Operator(BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from boto3.s3.transfer import TransferConfig
 
+        from airflow.sdk.exceptions import AirflowFailException
         from airflow_provider_seedream.batch import BatchError, BatchRunner
-        from airflow_provider_seedream.storage import ImageStore
+        from airflow_provider_seedream.storage import ImageStore, StorageError
 
-        items = self._prompt_items()
-        self._check_arguments()
-        self._check_connections()
-        client = self.s3_hook.conn
-        store = ImageStore(client, self.s3_bucket, self._key_prefix(context), TransferConfig(use_threads=False))
-        jobs = [self._job(position, item, client) for position, item in enumerate(items)]
-        store.check_bucket()
+        try:
+            # Everything here is checked before any money is spent; a retry would fail the same way.
+            items = self._prompt_items()
+            self._check_arguments()
+            self._check_connections()
+            client = self.s3_hook.conn
+            store = ImageStore(client, self.s3_bucket, self._key_prefix(context), TransferConfig(use_threads=False))
+            jobs = [self._job(position, item, client) for position, item in enumerate(items)]
+            store.check_bucket()
+        except SeedreamValidationError as error:
+            raise AirflowFailException(str(error)) from error
+        except StorageError as error:
+            if error.fatal:
+                raise AirflowFailException(str(error)) from error
+            raise
         self.log.info(
             "Generating images for %d prompt(s) into s3://%s/%s with concurrency %d",
             len(jobs),
@@ -190,8 +199,10 @@ class SeedreamToS3Operator(BaseOperator):
             report = runner.run(jobs)
         finally:
             self.hook.close()
-        self._record_asset_events(context, report)
+        self._record_asset_events(context, report, store.prefix)
         if report.failures:
+            if not report.retryable:
+                raise AirflowFailException(report.summary())
             raise BatchError(report)
         self.log.info(
             "Stored %d image(s): %d generated, %d reused; billed images %d",
@@ -298,7 +309,7 @@ class SeedreamToS3Operator(BaseOperator):
             return f"{prefix}/map-{map_index:05d}" if prefix else f"map-{map_index:05d}"
         return prefix
 
-    def _record_asset_events(self, context: Context, report: BatchReport) -> None:
+    def _record_asset_events(self, context: Context, report: BatchReport, prefix: str) -> None:
         """Attach what was stored to the asset events of the task's outlets."""
         from airflow.sdk import Asset
 
@@ -307,7 +318,7 @@ class SeedreamToS3Operator(BaseOperator):
             return
         extra = {
             "bucket": self.s3_bucket,
-            "prefix": self.s3_prefix,
+            "prefix": prefix,
             "count": len(report.records),
             "generated": report.generated,
             "reused": report.reused,

@@ -187,6 +187,7 @@ def test_task_log_reports_progress_retries_and_failures(seedream_emulator, s3_cl
     assert "Progress: 2/2 prompts done" in log
     assert "1 failure(s) in a batch of 2 prompt(s); 1 image(s) generated and stored" in log
     assert "prompt 1: generation failed: InputTextSensitiveContentDetected" in log
+    assert "AirflowFailException" in log, "a refused prompt fails the task without retries"
     assert "Seedream generation failed (HTTP 429 RequestBurstTooFast" in log
     assert "Seedream download failed" in log and ("truncated" in log or "broke after" in log)
     [stored] = s3_client.list_objects_v2(Bucket=bucket, Prefix="batch/")["Contents"]
