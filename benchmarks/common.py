@@ -69,6 +69,7 @@ def machine() -> dict[str, Any]:
             versions[name] = "?"
     return {
         "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "cpu_model": model,
         "python": platform.python_version(),
         "versions": versions,
@@ -95,20 +96,24 @@ def format_value(value: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> str:
-    """Return ``rows`` as a plain-text table: the first column left-aligned, the others right-aligned."""
-    cells = [[format_value(value) for value in row] for row in rows]
+    """Return ``rows`` as a plain-text table: numbers right-aligned, text left-aligned."""
+    raw = [list(row) for row in rows]
+    cells = [[format_value(value) for value in row] for row in raw]
     widths = [max([len(header)] + [len(row[i]) for row in cells]) for i, header in enumerate(headers)]
 
-    def line(values: Sequence[str], header: bool = False) -> str:
-        return "  ".join(
-            value.ljust(width) if header or i == 0 else value.rjust(width)
-            for i, (value, width) in enumerate(zip(values, widths))
-        ).rstrip()
+    def numeric(value: Any) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
     out = [title] if title else []
-    out.append(line(list(headers), header=True))
+    out.append("  ".join(header.ljust(width) for header, width in zip(headers, widths)).rstrip())
     out.append("  ".join("-" * width for width in widths))
-    out.extend(line(row) for row in cells)
+    for values, row in zip(raw, cells):
+        out.append(
+            "  ".join(
+                cell.rjust(width) if numeric(value) else cell.ljust(width)
+                for value, cell, width in zip(values, row, widths)
+            ).rstrip()
+        )
     return "\n".join(out)
 
 

@@ -1,0 +1,139 @@
+"""Run every benchmark (throughput, memory, parse cost, overhead) and print one combined table.
+
+Each benchmark runs as its own script in a child process, with its output shown as it
+comes; the combined table and one JSON line (every benchmark's figures) come last.
+
+Usage::
+
+    python benchmarks/run_all.py            # the default parameters (several minutes)
+    python benchmarks/run_all.py --quick    # smaller batches (about two minutes)
+    python benchmarks/run_all.py --only throughput,memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BENCHMARKS, ROOT, emit, machine, table, verdict  # noqa: E402
+
+ORDER = ("throughput", "memory", "parse_cost", "overhead")
+PARAMETERS: dict[str, dict[str, list[str]]] = {
+    "default": {name: [] for name in ORDER},
+    "quick": {
+        "throughput": ["--n", "96", "--latency", "0.5", "--baseline-n", "16", "--http-to-s3-n", "8", "--repeat", "1"],
+        "memory": ["--small", "10", "--large", "100"],
+        "parse_cost": ["--repeat", "3"],
+        "overhead": ["--n", "100", "--repeat", "1"],
+    },
+    # For the smoke test: every code path, no meaningful figures.
+    "tiny": {
+        "throughput": [
+            "--n", "4", "--latency", "0.05", "--concurrency", "2", "--baseline-n", "2", "--http-to-s3-n", "2", "--repeat", "1",
+        ],
+        "memory": ["--small", "2", "--large", "4", "--size", "1K", "--concurrency", "2"],
+        "parse_cost": ["--repeat", "1"],
+        "overhead": ["--n", "4", "--concurrency", "2", "--repeat", "1"],
+    },
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="smaller batches")
+    group.add_argument("--tiny", action="store_true", help="the smallest batches (smoke test; figures mean nothing)")
+    parser.add_argument("--only", default=",".join(ORDER), help="comma-separated benchmarks (default: all)")
+    return parser
+
+
+def run_script(name: str, arguments: list[str]) -> dict[str, Any]:
+    """Run ``benchmarks/<name>.py``, echo its output, and return its closing JSON figures."""
+    command = [sys.executable, str(BENCHMARKS / f"{name}.py"), *arguments]
+    print(f"\n=== {name}: {' '.join(Path(part).name if part == sys.executable else part for part in command[1:])}", flush=True)
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert process.stdout is not None
+    last = ""
+    for line in process.stdout:
+        if line.strip():
+            last = line
+        if not line.startswith("{"):
+            print(line, end="", flush=True)
+    if process.wait() != 0:
+        raise SystemExit(f"{name} failed with exit code {process.returncode}")
+    figures = dict(json.loads(last))
+    figures["script_seconds"] = time.monotonic() - started
+    return figures
+
+
+def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    """One row per headline figure: benchmark, figure, value, goal, verdict."""
+    rows: list[list[Any]] = []
+    if "throughput" in results:
+        t = results["throughput"]
+        setting = f"N={t['n']} L={t['latency_s']}s C={t['concurrency']}"
+        rows += [
+            ["throughput", f"operator wall s ({setting})", t["wall_s"], f"bound {t['latency_bound_s']:.2f}", ""],
+            ["throughput", "efficiency (N*L/C / wall)", t["efficiency"], ">= 0.9", verdict(t["efficiency"], 0.9, True)],
+            ["throughput", "naive loop wall s", t["naive_wall_s"], "", ""],
+            ["throughput", "speedup_vs_naive", t["speedup_vs_naive"], ">= 10", verdict(t["speedup_vs_naive"], 10, True)],
+        ]
+        if "speedup_vs_http_to_s3" in t:
+            rows.append(["throughput", "speedup vs HttpToS3Operator", t["speedup_vs_http_to_s3"], "", ""])
+    if "memory" in results:
+        m = results["memory"]
+        rows += [
+            ["memory", f"operator peak RSS MiB N={m['small_n']}", m["peak_rss_small_mb"], "", ""],
+            ["memory", f"operator peak RSS MiB N={m['large_n']}", m["peak_rss_large_mb"], f"<= {m['operator']['bound_mb']:.0f}", "met" if m["within_bound"] else "MISSED"],
+            ["memory", "growth", m["growth"], "<= 1.1", verdict(m["growth"], 1.1, False)],
+        ]
+        if "naive_growth" in m:
+            rows.append(["memory", "naive loop growth", m["naive_growth"], "", ""])
+    if "parse_cost" in results:
+        p = results["parse_cost"]
+        rows.append(["parse_cost", "operator import beyond airflow.sdk, ms", p["import_extra_ms"], "<= 50", verdict(p["import_extra_ms"], 50, False)])
+        for name, entry in p["dags"].items():
+            if not name.startswith("parse_cost_baseline"):
+                rows.append(["parse_cost", f"{name} parse ms", entry["parse_ms"], "", ""])
+    if "overhead" in results:
+        o = results["overhead"]
+        rows += [
+            ["overhead", "task CPU ms/image", o["task_ms_per_image"], "", ""],
+            ["overhead", "beyond the naive loop, ms/image", o["provider_ms_per_image"], "<= 5", verdict(o["provider_ms_per_image"], 5, False)],
+            ["overhead", "S3 server CPU ms/image", o["s3_ms_per_image"], "", ""],
+        ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the chosen benchmarks, print the combined table, end with the JSON line."""
+    args = build_parser().parse_args(argv)
+    preset = "quick" if args.quick else "tiny" if args.tiny else "default"
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(ORDER))
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(ORDER)}")
+    info = machine()
+    results = {name: run_script(name, PARAMETERS[preset][name]) for name in ORDER if name in chosen}
+    print(
+        f"\n=== Summary ({preset} parameters; {info['cpu_count']} CPU cores, {info['cpu_model']}, "
+        f"load average {info['load_avg_1m']} at the start, Python {info['python']}, "
+        f"Airflow {info['versions']['apache-airflow']})"
+    )
+    print(table(["benchmark", "figure", "value", "goal", "verdict"], summary_rows(results)))
+    figures = {"benchmark": "run_all", "preset": preset, "machine": info, "results": results}
+    emit(figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

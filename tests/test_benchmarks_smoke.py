@@ -1,0 +1,71 @@
+"""The benchmark scripts run end to end at tiny sizes and end with their JSON figures.
+
+Each script starts its own emulator and moto S3 server on free ports; nothing here asserts
+a timing, only that the script exits 0 and its last line is a JSON object with its keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+
+CASES: dict[str, tuple[list[str], set[str]]] = {
+    "throughput": (
+        ["--n", "4", "--latency", "0.05", "--concurrency", "2", "--baseline-n", "2", "--http-to-s3-n", "2", "--repeat", "1"],
+        {"benchmark", "n", "latency_s", "concurrency", "wall_s", "images_per_s", "efficiency", "naive_wall_s",
+         "speedup_vs_naive", "speedup_vs_http_to_s3", "emulator_renders", "cases"},
+    ),
+    "memory": (
+        ["--small", "2", "--large", "4", "--size", "1K", "--concurrency", "2"],
+        {"benchmark", "peak_rss_small_mb", "peak_rss_large_mb", "growth", "within_bound", "naive_growth", "operator", "naive"},
+    ),
+    "parse_cost": (
+        ["--repeat", "1"],
+        {"benchmark", "import_extra_ms", "sdk_import_ms", "heavy_modules_added", "baseline_parse_ms", "dags"},
+    ),
+    "overhead": (
+        ["--n", "4", "--concurrency", "2", "--repeat", "1"],
+        {"benchmark", "task_ms_per_image", "marginal_ms_per_image", "naive_ms_per_image", "provider_ms_per_image",
+         "s3_ms_per_image", "emulator_ms_per_image", "cases"},
+    ),
+    "run_all": (["--tiny", "--only", "overhead"], {"benchmark", "preset", "machine", "results"}),
+}
+
+
+def run_script(name: str, arguments: list[str]) -> dict[str, Any]:
+    """Run ``benchmarks/<name>.py`` and return its last line parsed as JSON."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW_CONN_")}
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *arguments],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=900,
+    )
+    assert completed.returncode == 0, f"{name} exited {completed.returncode}:\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}"
+    lines = completed.stdout.strip().splitlines()
+    assert lines, f"{name} printed nothing"
+    figures = json.loads(lines[-1])
+    assert isinstance(figures, dict)
+    return figures
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_benchmark_ends_with_its_json_figures(name: str) -> None:
+    arguments, keys = CASES[name]
+    figures = run_script(name, arguments)
+    assert keys <= set(figures), f"missing keys: {sorted(keys - set(figures))}"
+    if name == "run_all":
+        assert set(figures["results"]) == {"overhead"}
+    if name == "parse_cost":
+        assert "parse_cost_baseline.py" in figures["dags"]
