@@ -8,7 +8,7 @@ import logging
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -138,21 +138,36 @@ class BatchRunner:
         self._lock = threading.Lock()
         self._abort: str | None = None
         self._pending: set[int] = set()
+        self._waiting = threading.BoundedSemaphore(2 * max_concurrency)
 
     def run(self, jobs: list[PromptJob]) -> BatchReport:
+        """
+        Run every job and return what was stored, reused and lost.
+
+        Generation and transfer run on two pools of ``max_concurrency`` threads, so a
+        generation slot is free for the next prompt as soon as its answer arrives; at most
+        ``2 * max_concurrency`` answered prompts wait for their downloads and uploads.
+        """
         report = BatchReport(total_prompts=len(jobs))
         self._pending = set() if self.replace else self.store.pending_prompts()
         last_log = time.monotonic()
-        with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="seedream") as pool:
-            futures = [pool.submit(self._run_job, job, report) for job in jobs]
-            for future in as_completed(futures):
-                future.result()
-                with self._lock:
+        with (
+            ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="seedream") as generation,
+            ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="seedream-transfer") as transfer,
+        ):
+            running: set[Future[Any]] = {generation.submit(self._run_job, job, report, transfer) for job in jobs}
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    follow_up = future.result()
+                    if isinstance(follow_up, Future):
+                        running.add(follow_up)
+                        continue
                     report.prompts_done += 1
-                now = time.monotonic()
-                if now - last_log >= PROGRESS_SECONDS or report.prompts_done == len(jobs):
-                    last_log = now
-                    self._log_progress(report)
+                    now = time.monotonic()
+                    if now - last_log >= PROGRESS_SECONDS or report.prompts_done == len(jobs):
+                        last_log = now
+                        self._log_progress(report)
         report.records.sort(key=lambda record: (record["prompt_index"], record["image_index"]))
         report.failures.sort(key=lambda failure: (failure.prompt_index, failure.image_index or 0))
         return report
@@ -176,7 +191,8 @@ class BatchRunner:
         log = self.log.error if failure.paid else self.log.warning
         log("%s", failure.describe())
 
-    def _run_job(self, job: PromptJob, report: BatchReport) -> None:
+    def _run_job(self, job: PromptJob, report: BatchReport, transfer: ThreadPoolExecutor) -> Future[None] | None:
+        """Reuse, resume or generate one prompt; its images are stored by a job on ``transfer``."""
         if self._abort:
             self._fail(report, Failure(job.index, None, "generation", "NotAttempted", self._abort, paid=False, retryable=False))
             return
@@ -194,6 +210,7 @@ class BatchRunner:
                 with self._lock:
                     report.billed_images += int(result.usage.get("generated_images", len(result.succeeded)))
                     report.output_tokens += int(result.usage.get("output_tokens", 0))
+                # Recorded before the slot is freed, so a kill loses at most max_concurrency paid answers.
                 pending = self._save_pending(job, result)
         except SeedreamAPIError as error:
             if error.status in ABORTING_STATUSES or error.code in NON_RETRYABLE_429_CODES:
@@ -204,6 +221,17 @@ class BatchRunner:
         except Exception as error:  # a broken connection after every retry, an S3 outage...
             self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error)[:300], paid=False))
             return
+        self._waiting.acquire()
+        return transfer.submit(self._store_all, job, result, pending, report)
+
+    def _store_all(self, job: PromptJob, result: GenerationResult, pending: bool, report: BatchReport) -> None:
+        """Store every image of one answer, then forget its pending links unless a retry needs them."""
+        try:
+            self._store_answer(job, result, pending, report)
+        finally:
+            self._waiting.release()
+
+    def _store_answer(self, job: PromptJob, result: GenerationResult, pending: bool, report: BatchReport) -> None:
         group = tuple(image.index for image in result.succeeded)
         keep_pending = False
         for image in result.images:

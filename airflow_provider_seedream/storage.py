@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import tenacity
 
@@ -103,14 +103,12 @@ class ImageStore:
     :param client: a boto3 S3 client (from the amazon provider's ``S3Hook``).
     :param bucket: the bucket.
     :param prefix: the key prefix; keys are ``<prefix>/<prompt index>-<image index>.<ext>``.
-    :param transfer_config: boto3's ``TransferConfig`` for uploads.
     """
 
-    def __init__(self, client: S3Client, bucket: str, prefix: str, transfer_config: Any = None) -> None:
+    def __init__(self, client: S3Client, bucket: str, prefix: str) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.transfer_config = transfer_config
 
     def prompt_prefix(self, prompt_index: int) -> str:
         """The key prefix shared by every image of one prompt."""
@@ -264,13 +262,15 @@ class ImageStore:
             metadata[META_REQUEST_ID] = request_id
 
         def attempt() -> None:
+            # One PutObject (an image is at most max_download_bytes). Unlike upload_fileobj,
+            # it leaves the file open, so the next attempt can rewind it.
             fileobj.seek(0)
-            self.client.upload_fileobj(
-                fileobj,
-                self.bucket,
-                stored.key,
-                ExtraArgs={"ContentType": stored.content_type, "Metadata": metadata},
-                Config=self.transfer_config,
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=stored.key,
+                Body=fileobj,
+                ContentType=stored.content_type,
+                Metadata=metadata,
             )
 
         retrying: Callable[..., None] = tenacity.Retrying(

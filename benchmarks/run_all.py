@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {name: run_script(name, PARAMETERS[preset][name]) for name in ORDER if name in chosen}
     print(
         f"\n=== Summary ({preset} parameters; {info['cpu_count']} CPU cores, {info['cpu_model']}, "
-        f"load average {info['load_avg_1m']} at the start, Python {info['python']}, "
+        f"load average {info['load_avg_1m']} at the start and {machine()['load_avg_1m']} at the end, "
+        f"Python {info['python']}, "
         f"Airflow {info['versions']['apache-airflow']})"
     )
     print(table(["benchmark", "figure", "value", "goal", "verdict"], summary_rows(results)))

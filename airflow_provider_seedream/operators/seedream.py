@@ -71,7 +71,8 @@ class SeedreamToS3Operator(BaseOperator):
     :param layer_decomposition: ask for the image split into layers.
     :param extra_parameters: any other request fields, sent as given (templated).
     :param replace: generate again even when the same images are already stored.
-    :param max_concurrency: prompts in flight at once within the task.
+    :param max_concurrency: generation requests in flight at once within the task; as many
+        threads download and upload the images of answered prompts beside them.
     :param reference_transport: how local and ``s3://`` references are sent: ``data_uri`` or
         ``presigned_url`` (the service must then reach the S3 endpoint).
     :param prompt_index_offset: added to each prompt's position to form its index and key.
@@ -143,7 +144,8 @@ class SeedreamToS3Operator(BaseOperator):
         """The Seedream hook, shared by every thread of the task."""
         from airflow_provider_seedream.hooks.seedream import SeedreamHook
 
-        params = {"pool_maxsize": max(self.max_concurrency, 10), **self.hook_params}
+        # Generation and transfer threads share the session: up to 2 * max_concurrency connections.
+        params = {"pool_maxsize": max(2 * self.max_concurrency, 10), **self.hook_params}
         return SeedreamHook(seedream_conn_id=self.seedream_conn_id, **params)
 
     @cached_property
@@ -158,8 +160,6 @@ class SeedreamToS3Operator(BaseOperator):
         return S3Hook(aws_conn_id=self.aws_conn_id, config=base.merge(pool))
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from boto3.s3.transfer import TransferConfig
-
         from airflow.sdk.exceptions import AirflowFailException
         from airflow_provider_seedream.batch import BatchError, BatchRunner
         from airflow_provider_seedream.storage import ImageStore, StorageError
@@ -170,7 +170,7 @@ class SeedreamToS3Operator(BaseOperator):
             self._check_arguments()
             self._check_connections()
             client = self.s3_hook.conn
-            store = ImageStore(client, self.s3_bucket, self._key_prefix(context), TransferConfig(use_threads=False))
+            store = ImageStore(client, self.s3_bucket, self._key_prefix(context))
             jobs = [self._job(position, item, client) for position, item in enumerate(items)]
             store.check_bucket()
         except SeedreamValidationError as error:

@@ -141,7 +141,7 @@ def test_group_mode_stores_every_image_and_reuses_the_group(seedream_emulator, s
 
 def test_transient_faults_are_retried_without_paying_twice(seedream_emulator, s3_client, bucket):
     seedream_emulator.configure(
-        rate_429=0.15, rate_500=0.1, rate_reset=0.05, rate_truncate=0.2, rate_download_500=0.1,
+        rate_429=0.1, rate_500=0.05, rate_reset=0.05, rate_truncate=0.2, rate_download_500=0.1,
         retry_after=0, fault_seed=7,
     )
     prompts = [f"tile number {n}" for n in range(24)]
