@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import tempfile
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -150,24 +151,37 @@ class BatchRunner:
         """
         report = BatchReport(total_prompts=len(jobs))
         self._pending = set() if self.replace else self.store.pending_prompts()
+        # One event per prompt, when it is finished (stored, reused or failed); an exception
+        # that escaped a job is raised here.
+        finished: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+
+        def stored(future: Future[None]) -> None:
+            finished.put(future.exception())
+
+        def generated(future: Future[Future[None] | None]) -> None:
+            error = future.exception()
+            follow_up = None if error else future.result()
+            if follow_up is None:
+                finished.put(error)
+            else:
+                follow_up.add_done_callback(stored)
+
         last_log = time.monotonic()
         with (
             ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="seedream") as generation,
             ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="seedream-transfer") as transfer,
         ):
-            running: set[Future[Any]] = {generation.submit(self._run_job, job, report, transfer) for job in jobs}
-            while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    follow_up = future.result()
-                    if isinstance(follow_up, Future):
-                        running.add(follow_up)
-                        continue
-                    report.prompts_done += 1
-                    now = time.monotonic()
-                    if now - last_log >= PROGRESS_SECONDS or report.prompts_done == len(jobs):
-                        last_log = now
-                        self._log_progress(report)
+            for job in jobs:
+                generation.submit(self._run_job, job, report, transfer).add_done_callback(generated)
+            for _ in jobs:
+                error = finished.get()
+                if error is not None:
+                    raise error
+                report.prompts_done += 1
+                now = time.monotonic()
+                if now - last_log >= PROGRESS_SECONDS or report.prompts_done == len(jobs):
+                    last_log = now
+                    self._log_progress(report)
         report.records.sort(key=lambda record: (record["prompt_index"], record["image_index"]))
         report.failures.sort(key=lambda failure: (failure.prompt_index, failure.image_index or 0))
         return report
