@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,19 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str | No
 def emit(figures: dict[str, Any]) -> None:
     """Print the closing JSON line of a benchmark (always its last line)."""
     print(json.dumps(figures, sort_keys=True, default=str), flush=True)
+
+
+def run_script(
+    parser: argparse.ArgumentParser,
+    measure: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Parse the arguments, measure, print the tables, and end with the JSON line."""
+    figures = measure(parser.parse_args(argv))
+    print(report(figures), flush=True)
+    emit(figures)
+    return figures
 
 
 def median(values: Sequence[float]) -> float:

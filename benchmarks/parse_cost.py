@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, emit, machine, median, table, verdict  # noqa: E402
+from common import ROOT, machine, median, run_script, table, verdict  # noqa: E402
 from servers import benchmark_environment  # noqa: E402
 
 TARGET_MS = 50.0
@@ -252,11 +252,7 @@ def report(figures: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run, print the tables, end with the JSON line."""
-    args = build_parser().parse_args(argv)
-    figures = measure(args)
-    print(report(figures), flush=True)
-    emit(figures)
-    return figures
+    return run_script(build_parser(), measure, report, argv)
 
 
 if __name__ == "__main__":
