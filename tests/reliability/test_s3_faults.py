@@ -93,6 +93,7 @@ def test_wrong_credentials_fail_before_spending(guarded_s3, seedream_emulator):
 
 
 def test_refused_uploads_stop_the_batch_and_name_every_image_not_stored(guarded_s3, seedream_emulator):
+    seedream_emulator.configure(latency=0.3)  # generation takes longer than a refused upload, as it does for real
     prompts = [f"a guarded painting {n}" for n in range(12)]
     done = run_with_aws(aws_connection(guarded_s3["url"], guarded_s3["key_id"], guarded_s3["secret"]), prompts)
     log = done.stdout + done.stderr
