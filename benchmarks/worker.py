@@ -79,19 +79,12 @@ def run_operator(spec: dict[str, Any]) -> None:
 
 def run_naive(spec: dict[str, Any]) -> None:
     """What a user writes in a ``PythonOperator``: one prompt after another, each image in memory."""
-    import boto3
     import requests
 
     endpoint = os.environ["BENCH_EMULATOR_URL"] + "/v1/images/generations"
     headers = {"Authorization": f"Bearer {os.environ['BENCH_API_KEY']}"}
     bucket = os.environ["BENCH_BUCKET"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=os.environ["BENCH_S3_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = bench_s3_client()
     for i, prompt in enumerate(prompts(spec["n"], spec["label"])):
         body: dict[str, Any] = {"model": MODEL, "prompt": prompt}
         if spec.get("size"):
@@ -199,17 +192,22 @@ def preload(mode: str) -> None:
         import airflow.providers.http.operators.http  # noqa: F401
 
 
-def stored(prefix: str) -> tuple[int, int]:
-    """How many objects, and bytes, are under ``prefix`` in the bucket."""
+def bench_s3_client() -> Any:
+    """A boto3 client of the benchmark's S3 server."""
     import boto3
 
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=os.environ["BENCH_S3_URL"],
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
+
+
+def stored(prefix: str) -> tuple[int, int]:
+    """How many objects, and bytes, are under ``prefix`` in the bucket."""
+    s3 = bench_s3_client()
     count = total = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=os.environ["BENCH_BUCKET"], Prefix=prefix + "/"):
         for item in page.get("Contents", []):
