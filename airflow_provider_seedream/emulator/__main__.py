@@ -29,9 +29,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429")
     parser.add_argument("--quota-exceeded", action="store_true", help="answer every generation 429 QuotaExceeded")
     parser.add_argument("--rate-500", type=float, default=0.0, help="share of generations answered 500")
+    parser.add_argument(
+        "--rate-503", type=float, default=0.0, help="share of generations answered 503 ServiceUnavailable"
+    )
+    parser.add_argument(
+        "--rate-502", type=float, default=0.0, help="share of generations made, then answered 502 by a gateway"
+    )
+    parser.add_argument(
+        "--rate-504", type=float, default=0.0, help="share of generations made, then answered 504 by a gateway"
+    )
     parser.add_argument("--rate-reset", type=float, default=0.0, help="share of generations whose connection breaks")
     parser.add_argument("--rate-slow", type=float, default=0.0, help="share of generations delayed by --slow-seconds")
     parser.add_argument("--slow-seconds", type=float, default=30.0, help="delay of a slow generation")
+    parser.add_argument(
+        "--bill-abandoned",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="generate and bill requests whose answer never reaches the client: client gone, "
+        "reset, 502, 504 (default: on)",
+    )
     parser.add_argument("--rate-item-error", type=float, default=0.0, help="share of items failing moderation")
     parser.add_argument("--rate-truncate", type=float, default=0.0, help="share of downloads cut short")
     parser.add_argument("--rate-download-500", type=float, default=0.0, help="share of downloads answered 500")
@@ -59,9 +75,13 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         retry_after=args.retry_after,
         quota_exceeded=args.quota_exceeded,
         rate_500=args.rate_500,
+        rate_503=args.rate_503,
+        rate_502=args.rate_502,
+        rate_504=args.rate_504,
         rate_reset=args.rate_reset,
         rate_slow=args.rate_slow,
         slow_seconds=args.slow_seconds,
+        bill_abandoned=args.bill_abandoned,
         rate_download_denied=args.rate_download_denied,
         rate_item_error=args.rate_item_error,
         rate_truncate=args.rate_truncate,

@@ -11,6 +11,13 @@ Control API (emulator only, no auth):
 * ``GET /_emulator/config`` and ``POST /_emulator/config`` (JSON of the knobs to change)
 * ``GET /_emulator/stats``, ``GET /_emulator/images``
 * ``POST /_emulator/reset``
+
+A generation request goes through one path: checks (auth, body, validation, refusal marker,
+reference images), the fault decision, then either an immediate refusal (``429``, ``quota``,
+``503``) or the model's work: the images, ``latency`` (plus ``slow_seconds`` for ``slow``)
+during which a client may leave, and the answer (the images, a ``500``, a gateway ``502`` or
+``504``, or a broken connection). Under ``bill_abandoned`` the images are made before the wait,
+so every answer that never reaches its client still costs what the service would charge.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from airflow_provider_seedream.emulator.config import EmulatorConfig
+from airflow_provider_seedream.emulator.config import UNANSWERED_FAULTS, EmulatorConfig
 from airflow_provider_seedream.emulator.generation import (
+    GenerationOutcome,
     GenerationPlan,
     image_count,
     produce,
@@ -42,6 +50,7 @@ from airflow_provider_seedream.emulator.references import ReferenceFetchError, f
 from airflow_provider_seedream.emulator.responses import (
     BrokenResponse,
     ImageStreamResponse,
+    gateway_error,
     install_break_filter,
     service_error,
 )
@@ -54,7 +63,9 @@ log = logging.getLogger(__name__)
 
 GENERATION_PATHS = ("/v1/images/generations", "/api/v3/images/generations")
 _REQUIRED_FIELDS = ("model", "prompt")
-_SLOW_POLL_SECONDS = 0.1
+_DISCONNECT_POLL_SECONDS = 0.1
+# Faults after which the model has made the images, answered or not.
+_BILLABLE = ("ok", "slow", *UNANSWERED_FAULTS)
 # A reset answers headers that promise this many bytes, then only the first few.
 _RESET_DECLARED = 4096
 _RESET_PARTIAL = b'{"created": '
@@ -110,11 +121,16 @@ def create_app(config: EmulatorConfig | None = None, *, cache: ImageCache | None
     app.state.emulator = state
 
     async def generate_images(request: Request) -> Response:
-        state.count("generation_requests")
-        response = await _generation(request, state, signer, images)
-        if not isinstance(response, (BrokenResponse, _Abandoned)):
-            state.count_status("generation_status", response.status_code)
-        return response
+        # Counted in flight until every counter of the request is final, so a caller that waits
+        # for ``generation_in_flight == 0`` reads complete stats.
+        state.enter_generation()
+        try:
+            response = await _generation(request, state, signer, images)
+            if not isinstance(response, (BrokenResponse, _Abandoned)):
+                state.count_status("generation_status", response.status_code)
+            return response
+        finally:
+            state.leave_generation()
 
     for path in GENERATION_PATHS:
         app.add_api_route(path, generate_images, methods=["POST"], include_in_schema=True, summary="Generate images")
@@ -231,59 +247,24 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
             except ReferenceFetchError as error:
                 return bad_request("InvalidImageURL.ImageDownloadFailed", str(error), f"image[{error.index}]")
 
-    fault = state.next_generation_fault()
+    model: str = body["model"]
+    digest = prompt_digest(prompt)
+    draw = state.next_generation_fault(model, digest)
+    fault = draw.fault
     if fault != "ok":
         log.info("Injecting fault %s into generation request %s", fault, request_id)
-    if fault == "quota":
-        state.count_fault("quota")
-        return service_error(
-            429,
-            "QuotaExceeded",
-            "You have exceeded the quota of your account for this model.",
-            request_id,
-            error_type="TooManyRequests",
-            param="",
-        )
-    if fault == "429":
-        state.count_fault("429")
-        return service_error(
-            429,
-            "RequestBurstTooFast",
-            "The request was rejected because the request rate increased too fast. Please slow down.",
-            request_id,
-            error_type="TooManyRequests",
-            param="",
-            headers={"Retry-After": f"{config.retry_after:g}"},
-        )
-    if config.latency:
-        await asyncio.sleep(config.latency)
-    if fault == "500":
-        state.count_fault("500")
-        return service_error(
-            500,
-            "InternalServiceError",
-            "The service encountered an unexpected internal error.",
-            request_id,
-            error_type="InternalServerError",
-            param="",
-        )
-    if fault == "reset":
-        state.count_fault("reset")
-        return BrokenResponse(_RESET_PARTIAL, declared=_RESET_DECLARED)
-    if fault == "slow":
-        state.count_fault("slow")
-        if not await _wait_while_connected(request, config.slow_seconds):
-            state.count("abandoned")
-            log.debug("Client left slow request %s before generation", request_id)
-            return _Abandoned()
+        state.count_fault(fault)
+    refusal = _refusal(fault, request_id, config)
+    if refusal is not None:
+        return refusal
 
     count = image_count(body)
-    failing = state.draw_item_failures(count, config.rate_item_error)
+    failing = state.draw_item_failures(count, config.rate_item_error, model, digest, draw.attempt)
     if config.item_error_marker and config.item_error_marker in prompt:
         failing.add(count - 1)
     plan = GenerationPlan(
-        model=body["model"],
-        prompt_sha256=prompt_digest(prompt),
+        model=model,
+        prompt_sha256=digest,
         width=width,
         height=height,
         fmt=resolve_format(body),
@@ -293,10 +274,90 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
         request_id=request_id,
         base_url=str(request.base_url),
         url_ttl=config.url_ttl,
+        attempt=draw.attempt,
     )
+    return await _answer(request, plan, fault, config, state, cache, signer)
+
+
+async def _answer(
+    request: Request,
+    plan: GenerationPlan,
+    fault: str,
+    config: EmulatorConfig,
+    state: EmulatorState,
+    cache: ImageCache,
+    signer: UrlSigner,
+) -> Response:
+    """Do the model's work for an accepted request and answer it as ``fault`` says."""
+    # Under bill_abandoned the model works whether or not anyone waits for its answer: the
+    # images are made (and billed) first, so a client that leaves or a broken answer cannot
+    # undo the spend. Otherwise the images are made only for a client still there to take them.
+    made = await _make(plan, state, cache, signer) if config.bill_abandoned and fault in _BILLABLE else None
+    delay = config.latency + (config.slow_seconds if fault == "slow" else 0.0)
+    if not await _wait_while_connected(request, delay):
+        state.count("abandoned")
+        log.debug("Client left generation request %s before its answer", plan.request_id)
+        if made is not None:
+            state.mark_unanswered(made.records)
+        return _Abandoned()
+    if fault == "500":
+        return service_error(
+            500,
+            "InternalServiceError",
+            "The service encountered an unexpected internal error.",
+            plan.request_id,
+            error_type="InternalServerError",
+            param="",
+        )
+    if fault in UNANSWERED_FAULTS:
+        if made is not None:
+            state.mark_unanswered(made.records)
+        if fault == "reset":
+            return BrokenResponse(_RESET_PARTIAL, declared=_RESET_DECLARED)
+        return gateway_error(int(fault))
+    if made is None:
+        made = await _make(plan, state, cache, signer)
+    return Response(content=made.body, media_type="application/json")
+
+
+def _refusal(fault: str, request_id: str, config: EmulatorConfig) -> Response | None:
+    """Return the answer of a fault that refuses the request at once, before any work; else ``None``."""
+    if fault == "quota":
+        return service_error(
+            429,
+            "QuotaExceeded",
+            "You have exceeded the quota of your account for this model.",
+            request_id,
+            error_type="TooManyRequests",
+            param="",
+        )
+    if fault == "429":
+        return service_error(
+            429,
+            "RequestBurstTooFast",
+            "The request was rejected because the request rate increased too fast. Please slow down.",
+            request_id,
+            error_type="TooManyRequests",
+            param="",
+            headers={"Retry-After": f"{config.retry_after:g}"},
+        )
+    if fault == "503":
+        return service_error(
+            503,
+            "ServiceUnavailable",
+            "The service is temporarily unavailable. Please try again later.",
+            request_id,
+            error_type="ServiceUnavailable",
+            param="",
+        )
+    return None
+
+
+async def _make(plan: GenerationPlan, state: EmulatorState, cache: ImageCache, signer: UrlSigner) -> GenerationOutcome:
+    """Make the plan's images in a worker thread and count them as billed."""
     outcome = await asyncio.to_thread(produce, plan, cache, signer)
     state.add_images(outcome.records, outcome.item_errors)
-    return Response(content=outcome.body, media_type="application/json")
+    return outcome
 
 
 async def _wait_while_connected(request: Request, seconds: float) -> bool:
@@ -304,7 +365,7 @@ async def _wait_while_connected(request: Request, seconds: float) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while (remaining := deadline - loop.time()) > 0:
-        await asyncio.sleep(min(_SLOW_POLL_SECONDS, remaining))
+        await asyncio.sleep(min(_DISCONNECT_POLL_SECONDS, remaining))
         if await request.is_disconnected():
             return False
     return not await request.is_disconnected()
@@ -318,7 +379,7 @@ def _download(file_name: str, request: Request, state: EmulatorState) -> Respons
     if not matches(record.query, request.scope.get("query_string", b"")) or time.time() >= record.expires_at:
         state.count_fault("denied")
         return Response(ACCESS_DENIED_BODY, status_code=403, media_type="application/json")
-    fault = state.next_download_fault()
+    fault = state.next_download_fault(record)
     if fault != "ok":
         log.info("Injecting fault %s into download of %s", fault, image_id)
     if fault == "500":

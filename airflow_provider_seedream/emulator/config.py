@@ -9,22 +9,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Faults a generation script may name, applied in order to the next generation requests.
-GENERATION_FAULTS = ("ok", "429", "500", "reset", "slow", "quota")
+GENERATION_FAULTS = ("ok", "429", "500", "503", "502", "504", "reset", "slow", "quota")
+#: Generation faults whose client never receives the answer although the model may have made
+#: the images: billed under ``bill_abandoned``.
+UNANSWERED_FAULTS = ("reset", "502", "504")
 #: Faults a download script may name, applied in order to the next downloads.
 DOWNLOAD_FAULTS = ("ok", "truncate", "500", "denied")
 
+#: The exclusive generation rates, in the order they are drawn.
+GENERATION_RATES = ("rate_429", "rate_500", "rate_503", "rate_502", "rate_504", "rate_reset", "rate_slow")
 _RATES = (
-    "rate_429",
-    "rate_500",
-    "rate_reset",
-    "rate_slow",
+    *GENERATION_RATES,
     "rate_item_error",
     "rate_truncate",
     "rate_download_500",
     "rate_download_denied",
 )
 _DURATIONS = ("latency", "retry_after", "slow_seconds", "url_ttl", "reference_timeout")
-_FLAGS = ("quota_exceeded", "fetch_references")
+_FLAGS = ("quota_exceeded", "fetch_references", "bill_abandoned")
 _MARKERS = ("refuse_marker", "item_error_marker")
 _SCRIPTS = {"script": GENERATION_FAULTS, "download_script": DOWNLOAD_FAULTS}
 
@@ -34,9 +36,14 @@ class EmulatorConfig:
     """What the emulator checks and which faults it injects.
 
     Rates are shares from 0 to 1 drawn per request (per item for ``rate_item_error``).
-    The generation rates ``rate_429``, ``rate_500``, ``rate_reset`` and ``rate_slow`` are
-    exclusive and must add up to at most 1; so must ``rate_truncate``, ``rate_download_500`` and
-    ``rate_download_denied``.
+    The generation rates ``rate_429``, ``rate_500``, ``rate_503``, ``rate_502``, ``rate_504``,
+    ``rate_reset`` and ``rate_slow`` are exclusive and must add up to at most 1; so must
+    ``rate_truncate``, ``rate_download_500`` and ``rate_download_denied``.
+
+    With ``fault_seed`` set, every random draw is derived from the seed and the request itself
+    (the model, the prompt and how many requests for that prompt came before; the image and how
+    many downloads of it came before), so a seeded run faults the same requests whatever the
+    order in which concurrent requests arrive.
 
     :param api_key: the only key accepted; ``None`` accepts any non-empty bearer key.
     :param latency: seconds added to each generation request that reaches the model.
@@ -44,9 +51,19 @@ class EmulatorConfig:
     :param retry_after: seconds sent in ``Retry-After`` with ``RequestBurstTooFast``.
     :param quota_exceeded: answer every generation request 429 ``QuotaExceeded``.
     :param rate_500: share of generation requests answered 500 ``InternalServiceError``.
-    :param rate_reset: share of generation requests whose connection breaks mid-response.
+    :param rate_503: share of generation requests answered 503 ``ServiceUnavailable`` by the
+        service itself: nothing generated, safe to retry.
+    :param rate_502: share of generation requests answered 502 by a gateway after the model made
+        the images: an HTML body and no links (billed under ``bill_abandoned``).
+    :param rate_504: the same with 504, as a gateway that stopped waiting for the model.
+    :param rate_reset: share of generation requests whose connection breaks mid-response, after
+        the model made the images (billed under ``bill_abandoned``).
     :param rate_slow: share of generation requests delayed by ``slow_seconds``.
     :param slow_seconds: the delay of a slow request.
+    :param bill_abandoned: generate and bill the images of a request whose answer never reaches
+        its client, as the real service may: a client that leaves during ``latency`` or a slow
+        delay, a ``reset``, a ``502`` or a ``504``. Such images count in ``images_generated`` and
+        in ``billed_unanswered``. When false, such a request generates nothing.
     :param refuse_marker: a prompt holding it is refused with ``InputTextSensitiveContentDetected``.
     :param rate_item_error: share of items that fail with ``OutputImageSensitiveContentDetected``.
     :param item_error_marker: a prompt holding it has its last item fail.
@@ -59,7 +76,7 @@ class EmulatorConfig:
     :param reference_timeout: seconds allowed to fetch one reference image.
     :param fault_seed: seed of the random fault choices, for reproducible runs.
     :param script: faults applied in order to the next generation requests, before any random one
-        (``ok``, ``429``, ``500``, ``reset``, ``slow``, ``quota``).
+        (``ok``, ``429``, ``500``, ``503``, ``502``, ``504``, ``reset``, ``slow``, ``quota``).
     :param download_script: faults applied in order to the next downloads
         (``ok``, ``truncate``, ``500``, ``denied``).
     """
@@ -70,9 +87,13 @@ class EmulatorConfig:
     retry_after: float = 1.0
     quota_exceeded: bool = False
     rate_500: float = 0.0
+    rate_503: float = 0.0
+    rate_502: float = 0.0
+    rate_504: float = 0.0
     rate_reset: float = 0.0
     rate_slow: float = 0.0
     slow_seconds: float = 30.0
+    bill_abandoned: bool = True
     refuse_marker: str = "[refuse]"
     rate_item_error: float = 0.0
     item_error_marker: str = "[item-error]"
@@ -118,8 +139,8 @@ class EmulatorConfig:
             if unknown:
                 raise ValueError(f"{name} holds {unknown}; allowed: {', '.join(allowed)}")
             setattr(self, name, entries)
-        if self.rate_429 + self.rate_500 + self.rate_reset + self.rate_slow > 1.0 + 1e-9:
-            raise ValueError("rate_429 + rate_500 + rate_reset + rate_slow must be at most 1")
+        if sum(getattr(self, name) for name in GENERATION_RATES) > 1.0 + 1e-9:
+            raise ValueError(f"{' + '.join(GENERATION_RATES)} must be at most 1")
         if self.rate_truncate + self.rate_download_500 + self.rate_download_denied > 1.0 + 1e-9:
             raise ValueError("rate_truncate + rate_download_500 + rate_download_denied must be at most 1")
 

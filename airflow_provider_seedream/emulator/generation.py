@@ -96,6 +96,7 @@ class GenerationPlan:
     :param request_id: the request's id.
     :param base_url: the emulator's base URL as the client used it, ending with ``/``.
     :param url_ttl: seconds the links stay valid.
+    :param attempt: how many requests for the same model and prompt came before, plus one.
     """
 
     model: str
@@ -109,6 +110,7 @@ class GenerationPlan:
     request_id: str
     base_url: str
     url_ttl: float
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ def produce(plan: GenerationPlan, cache: ImageCache, signer: UrlSigner) -> Gener
             index=index,
             query=query,
             expires_at=created + plan.url_ttl,
+            draw_key=f"{plan.model}\x1f{plan.prompt_sha256}\x1f{plan.attempt}\x1f{index}",
         )
         if plan.response_format == "b64_json":
             data.append({"b64_json": base64.b64encode(record.read()).decode("ascii"), "size": record.size})

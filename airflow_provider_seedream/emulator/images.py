@@ -79,6 +79,8 @@ class ImageRecord:
     :param index: the image's position in the response's ``data``.
     :param query: the signature query string issued with the image's link.
     :param expires_at: unix time after which the link is refused.
+    :param draw_key: names the image the same way on every run (model, prompt digest, the
+        generation attempt and ``index``), unlike ``image_id``: seeded download faults derive from it.
     """
 
     image_id: str
@@ -92,6 +94,7 @@ class ImageRecord:
     index: int
     query: str = field(default="", repr=False)
     expires_at: float = float("inf")
+    draw_key: str = field(default="", repr=False)
 
     @property
     def fmt(self) -> str:

@@ -1,4 +1,4 @@
-"""Responses the emulator sends: the service's error bodies, image streams and broken connections.
+"""Responses the emulator sends: the service's and a gateway's error bodies, image streams and broken connections.
 
 Broken connections are produced within ASGI: the response starts with a ``Content-Length``
 larger than the bytes that follow, and the app returns without finishing the body. Uvicorn
@@ -53,6 +53,26 @@ def service_error(
         media_type="application/json",
         headers=headers,
     )
+
+
+#: Reason phrases of the gateway errors, as nginx writes them.
+GATEWAY_REASONS = {502: "Bad Gateway", 504: "Gateway Time-out"}
+
+
+def gateway_error(status: int) -> Response:
+    """Return a gateway's error page: HTML, no JSON error body, no image links.
+
+    A proxy in front of the model answers this when it loses or stops waiting for the model's
+    answer, so the client cannot tell whether the images were made.
+
+    :param status: 502 or 504.
+    """
+    title = f"{status} {GATEWAY_REASONS[status]}"
+    page = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
+    return Response(content=page, status_code=status, media_type="text/html")
 
 
 class BrokenResponse(Response):

@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import random
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_seedream.emulator.config import EmulatorConfig
+from airflow_provider_seedream.emulator.config import GENERATION_RATES, EmulatorConfig
 from airflow_provider_seedream.emulator.images import ImageRecord
 
 log = logging.getLogger(__name__)
 
 #: Keys of the ``faults`` counter, always present.
-FAULT_KEYS = ("429", "500", "reset", "slow", "truncate", "download_500", "denied", "quota", "refused")
+FAULT_KEYS = (
+    "429",
+    "500",
+    "503",
+    "502",
+    "504",
+    "reset",
+    "slow",
+    "truncate",
+    "download_500",
+    "denied",
+    "quota",
+    "refused",
+)
+# 2**64: a draw is the first 8 bytes of a sha256 read as a fraction of this.
+_DRAW_SPAN = float(1 << 64)
 
 
 def _new_stats() -> dict[str, Any]:
     return {
         "generation_requests": 0,
         "generation_status": {},
+        "generation_in_flight_peak": 0,
         "images_generated": 0,
+        "billed_unanswered": 0,
         "item_errors": 0,
         "downloads": 0,
         "downloads_ok": 0,
@@ -33,6 +52,43 @@ def _new_stats() -> dict[str, Any]:
         "references": 0,
         "reference_requests": 0,
     }
+
+
+@dataclass(frozen=True)
+class GenerationDraw:
+    """The fault decided for one generation request, and where the request stands.
+
+    :param fault: one of :data:`~airflow_provider_seedream.emulator.config.GENERATION_FAULTS`.
+    :param attempt: how many generation requests with the same model and prompt reached the
+        fault decision since the last reset or re-seeding, this one included (1 for the first).
+    """
+
+    fault: str
+    attempt: int
+
+
+class _Draws:
+    """Random numbers in [0, 1): derived from the seed and a request's identity, or drawn by chance.
+
+    Concurrent requests arrive in any order, so a single seeded generator would hand a given
+    request a different number on each run. With a seed, each number is instead a hash of the
+    seed and names that identify the draw (such as the prompt and its attempt number), so the
+    same request gets the same number however the requests interleave.
+
+    :param seed: the seed; ``None`` draws from an unseeded generator.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+        self._rng = random.Random()
+
+    def __call__(self, *identity: object) -> float:
+        """Return the draw for ``identity`` (ignored when unseeded)."""
+        if self.seed is None:
+            return self._rng.random()
+        text = "\x1f".join(str(part) for part in (self.seed, *identity))
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") / _DRAW_SPAN
 
 
 class EmulatorState:
@@ -47,15 +103,23 @@ class EmulatorState:
     def __init__(self, config: EmulatorConfig) -> None:
         self._lock = threading.Lock()
         self._initial = copy.deepcopy(config)
+        self._in_flight = 0
         self._apply(copy.deepcopy(config))
         self._stats = _new_stats()
         self._images: dict[str, ImageRecord] = {}
+        self._unanswered: set[str] = set()
 
     def _apply(self, config: EmulatorConfig) -> None:
         self._config = config
         self._script: deque[str] = deque(config.script)
         self._download_script: deque[str] = deque(config.download_script)
-        self._rng = random.Random(config.fault_seed)
+        self._reseed(config.fault_seed)
+
+    def _reseed(self, seed: int | None) -> None:
+        self._draw = _Draws(seed)
+        # Attempt numbers are part of each draw's identity, so they restart with the seed.
+        self._generation_attempts: Counter[str] = Counter()
+        self._download_attempts: Counter[str] = Counter()
 
     @property
     def config(self) -> EmulatorConfig:
@@ -74,7 +138,7 @@ class EmulatorState:
         """Apply ``changes`` to the knobs and return the new view.
 
         Setting ``script`` or ``download_script`` replaces the queue; setting ``fault_seed``
-        re-seeds the random draws.
+        re-seeds the random draws and restarts the attempt numbers they are derived from.
 
         :raises ValueError: on an unknown knob or an invalid value.
         """
@@ -87,59 +151,90 @@ class EmulatorState:
             self._script = deque(updated.script)
             self._download_script = deque(updated.download_script)
             if "fault_seed" in changes:
-                self._rng = random.Random(updated.fault_seed)
+                self._reseed(updated.fault_seed)
         log.info("Emulator knobs changed: %s", ", ".join(sorted(changes)) or "none")
         return self.config_view()
 
     def reset(self) -> None:
-        """Clear counters, images and scripts, and restore the knobs given at start."""
+        """Clear counters, images and scripts, and restore the knobs given at start.
+
+        Requests in flight stay counted in ``generation_in_flight``: they are still running.
+        """
         with self._lock:
             self._apply(copy.deepcopy(self._initial))
             self._stats = _new_stats()
+            self._stats["generation_in_flight_peak"] = self._in_flight
             self._images = {}
+            self._unanswered = set()
         log.info("Emulator state reset")
 
-    def next_generation_fault(self) -> str:
-        """Decide the fault of the next generation request: script first, then knobs, then chance."""
+    def next_generation_fault(self, model: str, prompt_sha256: str) -> GenerationDraw:
+        """Decide the fault of a generation request: script first, then knobs, then chance.
+
+        :param model: the request's model id.
+        :param prompt_sha256: hex sha256 of the request's prompt.
+        """
+        key = f"{model}\x1f{prompt_sha256}"
         with self._lock:
+            self._generation_attempts[key] += 1
+            attempt = self._generation_attempts[key]
             if self._script:
-                return self._script.popleft()
+                return GenerationDraw(self._script.popleft(), attempt)
             config = self._config
             if config.quota_exceeded:
-                return "quota"
-            draw = self._rng.random()
-            for fault, rate in (
-                ("429", config.rate_429),
-                ("500", config.rate_500),
-                ("reset", config.rate_reset),
-                ("slow", config.rate_slow),
-            ):
-                if draw < rate:
-                    return fault
-                draw -= rate
-            return "ok"
+                return GenerationDraw("quota", attempt)
+            draw = self._draw("generation", model, prompt_sha256, attempt)
+        for name in GENERATION_RATES:
+            rate = getattr(config, name)
+            if draw < rate:
+                return GenerationDraw(name.removeprefix("rate_"), attempt)
+            draw -= rate
+        return GenerationDraw("ok", attempt)
 
-    def next_download_fault(self) -> str:
-        """Decide the fault of the next download: script first, then chance."""
+    def next_download_fault(self, record: ImageRecord) -> str:
+        """Decide the fault of a download of ``record``: script first, then chance."""
         with self._lock:
+            self._download_attempts[record.image_id] += 1
+            attempt = self._download_attempts[record.image_id]
             if self._download_script:
                 return self._download_script.popleft()
             config = self._config
-            draw = self._rng.random()
-            if draw < config.rate_truncate:
-                return "truncate"
-            if draw < config.rate_truncate + config.rate_download_500:
-                return "500"
-            if draw < config.rate_truncate + config.rate_download_500 + config.rate_download_denied:
-                return "denied"
-            return "ok"
+            draw = self._draw("download", record.draw_key, attempt)
+        if draw < config.rate_truncate:
+            return "truncate"
+        if draw < config.rate_truncate + config.rate_download_500:
+            return "500"
+        if draw < config.rate_truncate + config.rate_download_500 + config.rate_download_denied:
+            return "denied"
+        return "ok"
 
-    def draw_item_failures(self, count: int, rate: float) -> set[int]:
-        """Return the positions, out of ``count`` items, that fail by chance at ``rate``."""
+    def draw_item_failures(self, count: int, rate: float, *identity: object) -> set[int]:
+        """Return the positions, out of ``count`` items, that fail by chance at ``rate``.
+
+        :param identity: what names the request (model, prompt digest, attempt), so a seeded
+            run fails the same items of the same request every time.
+        """
         if rate <= 0:
             return set()
         with self._lock:
-            return {index for index in range(count) if self._rng.random() < rate}
+            return {index for index in range(count) if self._draw("item", *identity, index) < rate}
+
+    def enter_generation(self) -> None:
+        """Count a generation request, and count it in flight (pair with :meth:`leave_generation`).
+
+        Both counts change under one lock, so ``generation_requests == n`` together with
+        ``generation_in_flight == 0`` means that all ``n`` requests are fully counted.
+        """
+        with self._lock:
+            self._in_flight += 1
+            stats = self._stats
+            stats["generation_requests"] += 1
+            stats["generation_in_flight_peak"] = max(stats["generation_in_flight_peak"], self._in_flight)
+
+    def leave_generation(self) -> None:
+        """Count a generation request as finished, answered or not."""
+        with self._lock:
+            self._in_flight -= 1
 
     def count(self, key: str, amount: int = 1) -> None:
         """Add ``amount`` to the top-level counter ``key``."""
@@ -166,18 +261,31 @@ class EmulatorState:
             self._stats["images_generated"] += len(records)
             self._stats["item_errors"] += item_errors
 
+    def mark_unanswered(self, records: list[ImageRecord]) -> None:
+        """Count billed images whose answer never reached the client (``billed_unanswered``)."""
+        with self._lock:
+            self._unanswered.update(record.image_id for record in records)
+            self._stats["billed_unanswered"] += len(records)
+
     def image(self, image_id: str) -> ImageRecord | None:
         """Return the image with this id, if it was generated since the last reset."""
         with self._lock:
             return self._images.get(image_id)
 
     def images(self) -> list[dict[str, Any]]:
-        """Return the metadata of every image generated since the last reset, oldest first."""
+        """Return the metadata of every image generated since the last reset, oldest first.
+
+        Each holds ``answered``: whether the response carrying it was sent to the client (as far
+        as the emulator can tell; false for images billed under ``bill_abandoned`` and lost).
+        """
         with self._lock:
             records = list(self._images.values())
-        return [record.to_dict() for record in records]
+            unanswered = set(self._unanswered)
+        return [{**record.to_dict(), "answered": record.image_id not in unanswered} for record in records]
 
     def stats(self) -> dict[str, Any]:
-        """Return a copy of the counters."""
+        """Return a copy of the counters, with ``generation_in_flight``: requests running now."""
         with self._lock:
-            return copy.deepcopy(self._stats)
+            stats = copy.deepcopy(self._stats)
+            stats["generation_in_flight"] = self._in_flight
+        return stats

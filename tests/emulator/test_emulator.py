@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import os
@@ -14,9 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -24,41 +21,21 @@ from PIL import Image
 
 from airflow_provider_seedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_seedream.emulator.images import ImageCache
+from tests.emulator.support import (
+    ACCESS_DENIED,
+    AUTH,
+    IMPATIENT,
+    SEEDREAM_4,
+    SEEDREAM_5,
+    SMALL_MODEL,
+    V1,
+    V3,
+    generate,
+    settled_stats,
+    sha256,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-AUTH = {"Authorization": "Bearer test-key"}
-V1 = "/v1/images/generations"
-V3 = "/api/v3/images/generations"
-# An id the package does not know: only generic checks apply, so tiny sizes render fast.
-SMALL_MODEL = "emulator-test-model"
-SEEDREAM_5 = "doubao-seedream-5-0-260128"
-SEEDREAM_4 = "doubao-seedream-4-0-250828"
-ACCESS_DENIED = b'{"Code":"AccessDenied","Message":"Access Denied","EC":"0003-00000015"}'
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmulatorServer]:
-    with EmulatorServer(EmulatorConfig(fault_seed=1)) as running:
-        yield running
-
-
-@pytest.fixture
-def emulator(server: EmulatorServer) -> EmulatorServer:
-    server.reset()
-    return server
-
-
-def generate(
-    emulator: EmulatorServer, path: str = V1, headers: dict[str, str] | None = None, timeout: float = 30, **body: Any
-) -> requests.Response:
-    payload = {"model": SMALL_MODEL, "prompt": "a lighthouse at dawn", "size": "64x48", **body}
-    return requests.post(
-        emulator.url + path, json=payload, headers=AUTH if headers is None else headers, timeout=timeout
-    )
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def free_port() -> int:
@@ -89,13 +66,14 @@ def test_configured_api_key_is_the_only_one_accepted(emulator: EmulatorServer) -
 
 @pytest.mark.parametrize("path", [V1, V3])
 def test_both_paths_generate(emulator: EmulatorServer, path: str) -> None:
+    sent = int(time.time())
     response = generate(emulator, path=path)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.headers["x-request-id"]
     body = response.json()
     assert body["model"] == SMALL_MODEL
-    assert abs(body["created"] - time.time()) < 60
+    assert sent <= body["created"] <= time.time()
     assert body["usage"] == {"generated_images": 1, "output_tokens": 64 * 48 // 256, "total_tokens": 64 * 48 // 256}
     assert body["data"][0]["size"] == "64x48"
 
@@ -310,31 +288,42 @@ def test_quota_exceeded_knob(emulator: EmulatorServer) -> None:
     assert generate(emulator).status_code == 200
 
 
-def test_reset_breaks_the_connection(emulator: EmulatorServer) -> None:
-    emulator.configure(script=["reset"])
+@pytest.mark.parametrize("bill_abandoned", [True, False])
+def test_reset_breaks_the_connection(emulator: EmulatorServer, bill_abandoned: bool) -> None:
+    emulator.configure(script=["reset"], bill_abandoned=bill_abandoned)
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         generate(emulator)
     assert generate(emulator).status_code == 200
     stats = emulator.stats()
     assert stats["faults"]["reset"] == 1
     assert stats["generation_requests"] == 2
-    assert stats["images_generated"] == 1
+    assert stats["generation_status"] == {"200": 1}
+    # The model made the broken request's image before the connection broke, when billing it.
+    assert stats["images_generated"] == (2 if bill_abandoned else 1)
+    assert stats["billed_unanswered"] == (1 if bill_abandoned else 0)
+    assert [image["answered"] for image in emulator.images()] == ([False, True] if bill_abandoned else [True])
 
 
-def test_slow_request_abandoned_by_the_client_generates_nothing(emulator: EmulatorServer) -> None:
-    emulator.configure(script=["slow", "slow"], slow_seconds=0.6)
+@pytest.mark.parametrize("bill_abandoned", [True, False])
+def test_slow_request_abandoned_by_the_client(emulator: EmulatorServer, bill_abandoned: bool) -> None:
+    # Far longer than the client waits: only the client's leaving ends this request.
+    emulator.configure(script=["slow", "slow"], slow_seconds=600, bill_abandoned=bill_abandoned)
     with pytest.raises(requests.exceptions.ReadTimeout):
-        generate(emulator, timeout=0.2)
-    deadline = time.monotonic() + 5
-    while emulator.stats()["abandoned"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert emulator.stats()["abandoned"] == 1
+        generate(emulator, timeout=IMPATIENT)
+    stats = settled_stats(emulator, requests_sent=1)
+    assert stats["abandoned"] == 1
+    assert stats["images_generated"] == stats["billed_unanswered"] == (1 if bill_abandoned else 0)
+    assert stats["generation_status"] == {}
+
+    emulator.configure(slow_seconds=0.3)
     started = time.monotonic()
-    assert generate(emulator, timeout=10).status_code == 200
-    assert time.monotonic() - started >= 0.55
+    assert generate(emulator).status_code == 200
+    assert time.monotonic() - started >= 0.3, "a slow answer waits slow_seconds"
     stats = emulator.stats()
     assert stats["faults"]["slow"] == 2
-    assert stats["images_generated"] == 1
+    assert stats["abandoned"] == 1
+    assert stats["images_generated"] == (2 if bill_abandoned else 1)
+    assert stats["billed_unanswered"] == (1 if bill_abandoned else 0)
 
 
 def test_random_faults_follow_the_seed(emulator: EmulatorServer) -> None:
@@ -401,7 +390,7 @@ def test_download_faults(emulator: EmulatorServer) -> None:
 
 
 def test_latency_overlaps_between_requests(emulator: EmulatorServer) -> None:
-    emulator.configure(latency=0.4)
+    emulator.configure(latency=3.0)
     statuses: list[int] = []
     threads = [threading.Thread(target=lambda: statuses.append(generate(emulator).status_code)) for _ in range(6)]
     started = time.monotonic()
@@ -409,9 +398,10 @@ def test_latency_overlaps_between_requests(emulator: EmulatorServer) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - started
     assert statuses == [200] * 6
-    assert 0.4 <= elapsed < 1.2
+    assert time.monotonic() - started >= 3.0, "each answer waits the latency"
+    # Requests that waited their latency one after another would never be in flight together.
+    assert emulator.stats()["generation_in_flight_peak"] == 6
 
 
 # --- reference images ---------------------------------------------------------------------
@@ -444,6 +434,7 @@ def test_runtime_config_and_reset(emulator: EmulatorServer) -> None:
     config = emulator.get_config()
     assert config["fault_seed"] == 1
     assert config["rate_429"] == 0.0
+    assert config["bill_abandoned"] is True
     changed = emulator.configure(rate_429=0.5, latency=0.01, script=["ok", "500"])
     assert (changed["rate_429"], changed["latency"], changed["script"]) == (0.5, 0.01, ["ok", "500"])
     with pytest.raises(ValueError, match="unknown knob"):
@@ -452,6 +443,9 @@ def test_runtime_config_and_reset(emulator: EmulatorServer) -> None:
         emulator.configure(rate_500=2)
     with pytest.raises(ValueError, match="script"):
         emulator.configure(script=["explode"])
+    with pytest.raises(ValueError, match="bill_abandoned must be true or false"):
+        emulator.configure(bill_abandoned="yes")
+    assert emulator.configure(bill_abandoned=False)["bill_abandoned"] is False
     raw = requests.post(emulator.url + "/_emulator/config", data=b"[1]", timeout=10)
     assert raw.status_code == 400
     generate(emulator)
@@ -459,9 +453,13 @@ def test_runtime_config_and_reset(emulator: EmulatorServer) -> None:
     assert emulator.get_config() == config
     stats = emulator.stats()
     assert stats["generation_requests"] == 0
+    assert stats["billed_unanswered"] == stats["abandoned"] == stats["generation_in_flight"] == 0
     assert set(stats["faults"]) == {
         "429",
         "500",
+        "503",
+        "502",
+        "504",
         "reset",
         "slow",
         "truncate",
@@ -499,7 +497,7 @@ def test_cli_serves_until_interrupted() -> None:
     port = free_port()
     command = [
         sys.executable, "-m", "airflow_provider_seedream.emulator", "--port", str(port),
-        "--rate-429", "1", "--retry-after", "3", "--log-level", "warning",
+        "--rate-429", "1", "--retry-after", "3", "--rate-502", "0", "--no-bill-abandoned", "--log-level", "warning",
     ]  # fmt: skip
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment()
@@ -512,6 +510,8 @@ def test_cli_serves_until_interrupted() -> None:
             assert requests.get(url + "/_emulator/health", timeout=10).json()["status"] == "ok"
             response = requests.post(url + V1, json={"model": SMALL_MODEL, "prompt": "x"}, headers=AUTH, timeout=10)
             assert (response.status_code, response.headers["retry-after"]) == (429, "3")
+            config = requests.get(url + "/_emulator/config", timeout=10).json()
+            assert (config["bill_abandoned"], config["rate_429"], config["rate_502"]) == (False, 1.0, 0.0)
         finally:
             process.send_signal(signal.SIGINT)
             try:
@@ -569,8 +569,14 @@ def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
 
 
 def test_config_rejects_bad_values_at_start() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"rate_429 \+ rate_500 \+ .* must be at most 1"):
         EmulatorConfig(rate_429=0.7, rate_500=0.7)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"rate_429 \+ rate_500 \+ .* must be at most 1"):
+        EmulatorConfig(rate_503=0.4, rate_502=0.4, rate_504=0.4)
+    with pytest.raises(ValueError, match="rate_504 must be from 0 to 1, got 1.5"):
+        EmulatorConfig(rate_504=1.5)
+    with pytest.raises(ValueError, match="latency must not be negative, got -1"):
         EmulatorConfig(latency=-1)
+    with pytest.raises(ValueError, match="bill_abandoned must be true or false, got 1"):
+        EmulatorConfig(bill_abandoned=1)  # type: ignore[arg-type]
     assert json.loads(json.dumps(EmulatorConfig().to_dict()))["url_ttl"] == 86400.0
