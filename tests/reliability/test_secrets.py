@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import uuid
 
 import pytest
 from PIL import Image
@@ -23,12 +24,32 @@ def assert_clean(text: str, where: str) -> None:
 
 
 def test_the_key_is_registered_with_airflows_secrets_masker(seedream_emulator):
+    from airflow.sdk import Connection
     from airflow.sdk.log import redact
 
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
 
     assert SeedreamHook().settings["api_key"] == API_KEY
     assert redact(f"Authorization: Bearer {API_KEY}") == "Authorization: Bearer ***"
+
+    # Airflow masks the password of every connection it fetches, so the key above proves nothing
+    # about the hook. A connection built in code reaches the hook without Airflow seeing it: only
+    # the hook's own masking can hide its key.
+    key = f"sk-built-in-code-{uuid.uuid4().hex}"
+    built = Connection(conn_id="seedream_built", conn_type="seedream", host=seedream_emulator.url, password=key)
+
+    class BuiltConnectionHook(SeedreamHook):
+        def get_connection(self, conn_id: str) -> Connection:
+            assert conn_id == "seedream_built"
+            return built
+
+    assert redact(f"Bearer {key}") == f"Bearer {key}", "nothing has masked the new key yet"
+    hook = BuiltConnectionHook(seedream_conn_id="seedream_built")
+    assert hook.settings["api_key"] == key
+    assert redact(f"Authorization: Bearer {key}") == "Authorization: Bearer ***"
+    ok, message = hook.test_connection()
+    assert ok, message
+    assert key not in message
 
 
 def test_xcom_and_rendered_view_hold_no_secret(seedream_emulator, s3_client, bucket, tmp_path):
