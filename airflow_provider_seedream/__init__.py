@@ -34,8 +34,14 @@ CONNECTION_FIELDS: dict[str, Any] = {
     },
     "max_retries": {
         "label": "Retries",
-        "description": "Retries of rate-limited (429), failed (5xx) or broken requests.",
+        "description": "Retries of rate-limited (429), failed (500/503) or unconnected requests (default 6).",
         "schema": {"type": ["integer", "null"]},
+    },
+    "retry_unknown_outcome": {
+        "label": "Send again when the outcome is unknown",
+        "description": "Also retry read timeouts, dropped answers and gateway 502/504s. They may have been "
+        "billed, so an image can then be paid for twice.",
+        "schema": {"type": ["boolean", "null"], "default": False},
     },
 }
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_provider_seedream.results import GenerationResult
+
 # Codes the service answers with HTTP 429 that waiting will not fix.
 NON_RETRYABLE_429_CODES = frozenset({"QuotaExceeded", "SetLimitExceeded"})
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Answers that prove the service did not serve the request: sending it again cannot pay twice.
+RETRYABLE_STATUSES = frozenset({429, 500, 503})
+# Gateway answers: the service behind the gateway may have made (and billed) the images.
+UNKNOWN_OUTCOME_STATUSES = frozenset({502, 504})
 
 
 class SeedreamError(Exception):
@@ -57,10 +65,26 @@ class SeedreamAPIError(SeedreamError):
 
     @property
     def retryable(self) -> bool:
-        """Whether waiting and sending the same request again may succeed."""
+        """Whether waiting and sending the same request again may succeed without paying twice."""
         if self.status == 429:
             return self.code not in NON_RETRYABLE_429_CODES
         return self.status in RETRYABLE_STATUSES
+
+
+class SeedreamUnknownOutcomeError(SeedreamError):
+    """A request was sent but its answer was lost: the images may have been made and billed.
+
+    Raised for a read timeout, a connection dropped after the body was sent, a 502/504 from a
+    gateway or an answer cut short. Such a request is never sent again unless
+    ``retry_unknown_outcome`` is set.
+
+    :param message: what happened (never the key or a signed URL).
+    :param received: the images that did arrive before the answer broke off, if any.
+    """
+
+    def __init__(self, message: str, received: GenerationResult | None = None) -> None:
+        self.received = received
+        super().__init__(f"outcome unknown, the request may have been billed: {message}")
 
 
 class SeedreamDownloadError(SeedreamError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from airflow_provider_seedream.redaction import redact_url
 
@@ -19,6 +19,8 @@ class GeneratedImage:
     :param error_code: the service's code when this item failed, else ``None``.
     :param error_message: the service's message when this item failed.
     :param extra: any other fields the service returned for the item.
+    :param spool: a ``b64_json`` image already decoded to a temporary file, with what was
+        learnt while decoding it (see ``SeedreamHook.send_request(spool_images=True)``).
     """
 
     index: int
@@ -28,16 +30,22 @@ class GeneratedImage:
     error_code: str | None = None
     error_message: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    spool: tuple[IO[bytes], DownloadedImage] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         """Whether this item holds an image."""
-        return self.error_code is None and (self.url is not None or self.b64_json is not None)
+        return self.error_code is None and (self.url is not None or self.b64_json is not None or self.spool is not None)
 
     def __repr__(self) -> str:
         if not self.ok:
             return f"GeneratedImage(index={self.index}, error_code={self.error_code!r})"
-        source = redact_url(self.url) if self.url else f"b64_json<{len(self.b64_json or '')} chars>"
+        if self.url:
+            source = redact_url(self.url)
+        elif self.spool is not None:
+            source = f"b64_json<{self.spool[1].bytes} bytes decoded>"
+        else:
+            source = f"b64_json<{len(self.b64_json or '')} chars>"
         return f"GeneratedImage(index={self.index}, size={self.size!r}, source={source!r})"
 
     @classmethod

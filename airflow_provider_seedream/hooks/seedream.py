@@ -5,28 +5,33 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import http.client
 import json
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import ijson
 import requests
 import tenacity
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from airflow.sdk import BaseHook
 from airflow_provider_seedream import CONNECTION_UI, __version__
 from airflow_provider_seedream.exceptions import (
-    RETRYABLE_STATUSES,
+    UNKNOWN_OUTCOME_STATUSES,
     SeedreamAPIError,
     SeedreamDownloadError,
+    SeedreamUnknownOutcomeError,
     SeedreamValidationError,
 )
 from airflow_provider_seedream.image_formats import CONTENT_TYPES, SNIFF_BYTES, sniff_format
 from airflow_provider_seedream.redaction import redact_text, redact_url
 from airflow_provider_seedream.results import DownloadedImage, GeneratedImage, GenerationResult
-from airflow_provider_seedream.validation import DEFAULT_MODEL, validate_request
+from airflow_provider_seedream.validation import DEFAULT_MODEL, requested_image_count, validate_request
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -36,18 +41,33 @@ ARK_HOST_SUFFIXES = ("volces.com", "bytepluses.com")
 ARK_PATH = "/api/v3/images/generations"
 OPENAI_PATH = "/v1/images/generations"
 DEFAULT_MAX_DOWNLOAD_BYTES = 100 * 1024 * 1024
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_MAX_RETRIES = 6
+# A group streams about one image every 20 s: each image past the first adds this much read time.
+GROUP_SECONDS_PER_IMAGE = 60.0
 DOWNLOAD_CHUNK = 256 * 1024
+DOWNLOAD_READ_TIMEOUT = 120.0
 B64_CHUNK = 4 * 256 * 1024  # a multiple of 4 characters: decodes on its own
+# A download is a GET of a stored object: trying it again never pays for an image.
+DOWNLOAD_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# An answer that breaks off while it is read.
+_BROKEN_ANSWER = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+    ijson.JSONError,
+)
 
 
-def _is_transient_http_error(error: BaseException) -> bool:
-    return isinstance(error, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError))
-
-
-def _generation_retryable(error: BaseException) -> bool:
-    if isinstance(error, SeedreamAPIError):
-        return error.retryable
-    return _is_transient_http_error(error)
+def _never_sent(error: requests.ConnectionError) -> bool:
+    """Whether a connection error happened before the request could reach the service."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    reason = error.args[0] if error.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
 
 
 def _download_retryable(error: BaseException) -> bool:
@@ -55,16 +75,39 @@ def _download_retryable(error: BaseException) -> bool:
 
 
 class _BackoffHonouringRetryAfter(tenacity.wait.wait_base):
-    """Exponential backoff with jitter that waits at least what ``Retry-After`` asked for."""
+    """Exponential backoff with jitter that waits what ``Retry-After`` asked for, up to ``maximum``."""
 
     def __init__(self, minimum: float, maximum: float) -> None:
+        self._maximum = maximum
         self._backoff = tenacity.wait_random_exponential(multiplier=minimum, max=maximum)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         backoff = self._backoff(retry_state)
         error = retry_state.outcome.exception() if retry_state.outcome else None
         retry_after = getattr(error, "retry_after", None)
-        return max(backoff, retry_after) if retry_after is not None else backoff
+        if retry_after is None:
+            return backoff
+        # A server asking for an hour must not hold a worker slot for an hour.
+        return min(max(backoff, retry_after), self._maximum)
+
+
+def _extra(conn_id: str, extras: dict[str, Any], name: str, default: Any, kind: type) -> Any:
+    """One connection extra; missing, null or empty (as the UI form saves it) means the default."""
+    value = extras.get(name)
+    if value is None or value == "":
+        return default
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif not isinstance(value, bool):
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            pass
+    allowed = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+    raise SeedreamValidationError(f"connection {conn_id!r} extra {name!r}", f"must be {allowed} or null, got {value!r}")
 
 
 class _ImageSink:
@@ -106,16 +149,27 @@ class SeedreamHook(BaseHook):
     The connection's host is the base URL (default ``https://api.cometapi.com``; the Ark and
     ModelArk hosts work by changing the host alone), its password the API key. Its extras hold
     defaults: ``model``, ``parameters`` (request fields sent with every request),
-    ``endpoint_path``, ``timeout`` and ``max_retries``.
+    ``endpoint_path``, ``timeout``, ``max_retries`` and ``retry_unknown_outcome``; a null or
+    empty extra (as Airflow's connection form saves it) means the default.
+
+    A request is sent again only when the service cannot have served it: a failure to
+    connect, a 429 rate limit (waiting what ``Retry-After`` asks, up to ``retry_max_wait``) or
+    a 500/503 from the service. A read timeout, a connection dropped after the request was
+    sent, a 502/504 from a gateway or an answer cut short may have been billed: they raise
+    :class:`SeedreamUnknownOutcomeError` and are not sent again unless ``retry_unknown_outcome``.
 
     One pooled ``requests`` session serves every thread that shares the hook.
 
     :param seedream_conn_id: the Airflow connection to use.
-    :param timeout: read timeout in seconds of a generation request (a 2K image takes 25-45 s).
+    :param timeout: read timeout in seconds of a one-image request (a 2K image takes 25-45 s);
+        a group request gets 60 s more for each image past the first.
     :param connect_timeout: connection timeout in seconds.
-    :param max_retries: retries of a rate-limited (429), failed (5xx) or broken request or download.
+    :param max_retries: retries of a rate-limited (429), failed (500/503) or unconnected request,
+        and of a broken download.
+    :param retry_unknown_outcome: also send again a request whose outcome is unknown (it may
+        then be paid for twice); defaults to the connection's extra, else false.
     :param retry_min_wait: base of the exponential backoff between retries, in seconds.
-    :param retry_max_wait: upper bound of the backoff, in seconds (a longer ``Retry-After`` is honoured).
+    :param retry_max_wait: upper bound of the backoff and of an honoured ``Retry-After``, in seconds.
     :param pool_maxsize: connections kept open to each host; at least the concurrency that uses the hook.
     :param max_download_bytes: an image larger than this is refused.
     """
@@ -132,6 +186,7 @@ class SeedreamHook(BaseHook):
         timeout: float | None = None,
         connect_timeout: float = 10.0,
         max_retries: int | None = None,
+        retry_unknown_outcome: bool | None = None,
         retry_min_wait: float = 1.0,
         retry_max_wait: float = 60.0,
         pool_maxsize: int = 32,
@@ -142,6 +197,7 @@ class SeedreamHook(BaseHook):
         self._timeout = timeout
         self.connect_timeout = connect_timeout
         self._max_retries = max_retries
+        self._retry_unknown_outcome = retry_unknown_outcome
         self.retry_min_wait = retry_min_wait
         self.retry_max_wait = retry_max_wait
         self.pool_maxsize = pool_maxsize
@@ -170,22 +226,44 @@ class SeedreamHook(BaseHook):
             return self._settings
 
     def _read_connection(self, conn: Connection) -> dict[str, Any]:
+        conn_id = self.seedream_conn_id
         extras = conn.extra_dejson
         parameters = extras.get("parameters") or {}
         if not isinstance(parameters, dict):
-            raise ValueError(f"connection {self.seedream_conn_id!r}: extra 'parameters' must be an object")
+            raise SeedreamValidationError(f"connection {conn_id!r} extra 'parameters'", "must be an object of request fields")
         if conn.password:
             from airflow.sdk.log import mask_secret
 
             mask_secret(conn.password)
+        timeout = self._timeout if self._timeout is not None else _extra(conn_id, extras, "timeout", DEFAULT_TIMEOUT, float)
+        retries = self._max_retries
+        if retries is None:
+            retries = _extra(conn_id, extras, "max_retries", DEFAULT_MAX_RETRIES, int)
+        unknown = self._retry_unknown_outcome
+        if unknown is None:
+            unknown = _extra(conn_id, extras, "retry_unknown_outcome", False, bool)
+        if timeout <= 0:
+            raise SeedreamValidationError("timeout", f"must be a positive number of seconds, got {timeout!r}")
+        if retries < 0:
+            raise SeedreamValidationError("max_retries", f"must be 0 or more, got {retries!r}")
         return {
-            "endpoint": endpoint_url(conn.host, conn.schema, conn.port, extras.get("endpoint_path")),
+            "endpoint": endpoint_url(conn.host, conn.schema, conn.port, extras.get("endpoint_path") or None),
             "api_key": conn.password or "",
             "model": extras.get("model") or DEFAULT_MODEL,
             "parameters": parameters,
-            "timeout": float(self._timeout or extras.get("timeout") or 300.0),
-            "max_retries": int(self._max_retries if self._max_retries is not None else extras.get("max_retries", 6)),
+            "timeout": float(timeout),
+            "max_retries": int(retries),
+            "retry_unknown_outcome": bool(unknown),
         }
+
+    @property
+    def retry_unknown_outcome(self) -> bool:
+        """Whether a request whose outcome is unknown may be sent again (and so paid for twice)."""
+        return self.settings["retry_unknown_outcome"]
+
+    def read_timeout(self, body: dict[str, Any]) -> float:
+        """The read timeout of a request: the connection's, plus time for each extra image of a group."""
+        return self.settings["timeout"] + GROUP_SECONDS_PER_IMAGE * (requested_image_count(body) - 1)
 
     def get_conn(self) -> requests.Session:
         """Return the pooled session shared by every thread that uses this hook."""
@@ -234,41 +312,115 @@ class SeedreamHook(BaseHook):
         ``size``, ``response_format``, ``image``, ``watermark``, ``guidance_scale``, ``seed``,
         ``sequential_image_generation``, ``sequential_image_generation_options``,
         ``output_format``...); fields this package does not know are sent as given.
-        Rate limits (429), server errors (5xx) and broken connections are retried with
-        backoff, honouring ``Retry-After``; other errors are raised at once.
+        Rate limits (429), 500/503 answers and failures to connect are retried with backoff,
+        honouring ``Retry-After``; other errors are raised at once.
 
         :raises SeedreamValidationError: a field is invalid; nothing was sent.
         :raises SeedreamAPIError: the endpoint refused the request.
+        :raises SeedreamUnknownOutcomeError: the answer was lost; the images may have been billed.
         """
         return self.send_request(self.build_request(prompt, **parameters))
 
-    def send_request(self, body: dict[str, Any]) -> GenerationResult:
-        """Check and send a body made by :meth:`build_request`; see :meth:`generate_images`."""
+    def send_request(self, body: dict[str, Any], *, spool_images: bool = False) -> GenerationResult:
+        """
+        Check and send a body made by :meth:`build_request`; see :meth:`generate_images`.
+
+        The answer is parsed as it arrives. With ``spool_images``, each ``b64_json`` image is
+        decoded into a temporary file as soon as its item is read (``GeneratedImage.spool``),
+        so memory holds at most one image's text at a time.
+        """
         validate_request(body)
         if body.get("stream"):
             raise SeedreamValidationError("stream", "streamed responses are not supported by the hook; leave it false")
         session = self.get_conn()
         settings = self.settings
         self.log.debug("Requesting images from %s with model %s", settings["endpoint"], body.get("model"))
-        return self._retrying(_generation_retryable, "generation")(self._post, session, body)
-
-    def _post(self, session: requests.Session, body: dict[str, Any]) -> GenerationResult:
-        settings = self.settings
-        response = session.post(
-            settings["endpoint"],
-            json=body,
-            headers={"Authorization": f"Bearer {settings['api_key']}"},
-            timeout=(self.connect_timeout, settings["timeout"]),
+        return self._retrying(self._generation_retryable, "generation")(
+            self._post, session, body, self.read_timeout(body), spool_images
         )
+
+    def _generation_retryable(self, error: BaseException) -> bool:
+        if isinstance(error, SeedreamAPIError):
+            return error.retryable
+        if isinstance(error, SeedreamUnknownOutcomeError):
+            return self.retry_unknown_outcome
+        return isinstance(error, requests.ConnectionError) and _never_sent(error)
+
+    def _post(self, session: requests.Session, body: dict[str, Any], timeout: float, spool: bool) -> GenerationResult:
+        settings = self.settings
+        try:
+            response = session.post(
+                settings["endpoint"],
+                json=body,
+                headers={"Authorization": f"Bearer {settings['api_key']}"},
+                timeout=(self.connect_timeout, timeout),
+                stream=True,
+            )
+        except requests.ConnectionError as error:
+            if _never_sent(error):
+                raise
+            raise SeedreamUnknownOutcomeError(f"the connection broke after the request was sent ({type(error).__name__})") from None
+        except requests.Timeout:
+            raise SeedreamUnknownOutcomeError(f"no answer within the read timeout of {timeout:g} s") from None
         with response:
             request_id = response.headers.get("x-request-id")
+            if response.status_code in UNKNOWN_OUTCOME_STATUSES:
+                raise SeedreamUnknownOutcomeError(
+                    f"a gateway answered HTTP {response.status_code}" + (f" (request id {request_id})" if request_id else "")
+                )
             if response.status_code != 200:
                 raise api_error(response)
-            try:
-                payload = response.json()
-            except ValueError as error:
-                raise SeedreamAPIError(502, "InvalidResponse", "the endpoint answered 200 with a body that is not JSON", request_id) from error
-        return GenerationResult.from_response(payload, request_id=request_id)
+            return self._read_answer(response, request_id, spool)
+
+    def _read_answer(self, response: requests.Response, request_id: str | None, spool: bool) -> GenerationResult:
+        """Parse a 200 answer item by item; an answer that breaks off keeps the images already read."""
+        images: list[GeneratedImage] = []
+        top: dict[str, Any] = {}
+        builder: ijson.ObjectBuilder | None = None
+        target = ""
+        response.raw.decode_content = True
+        try:
+            for prefix, event, value in ijson.parse(response.raw, use_float=True):
+                if builder is not None:
+                    builder.event(event, value)
+                    if prefix == target and event == "end_map":
+                        if target == "data.item":
+                            images.append(self._image_from_item(len(images), builder.value, spool))
+                        else:
+                            top[target] = builder.value
+                        builder = None
+                elif prefix in ("data.item", "usage") and event == "start_map":
+                    builder, target = ijson.ObjectBuilder(), prefix
+                    builder.event(event, value)
+                elif prefix in ("model", "created") and event in ("string", "number"):
+                    top[prefix] = value
+        except _BROKEN_ANSWER as error:
+            received = GenerationResult(images=images, usage={}, model=top.get("model"), request_id=request_id)
+            raise SeedreamUnknownOutcomeError(
+                f"the answer broke off after {len(images)} image(s) ({type(error).__name__})", received=received
+            ) from None
+        created = top.get("created")
+        return GenerationResult(
+            images=images,
+            usage=dict(top.get("usage") or {}),
+            model=top.get("model"),
+            created=int(created) if created is not None else None,
+            request_id=request_id,
+        )
+
+    def _image_from_item(self, index: int, item: Any, spool: bool) -> GeneratedImage:
+        if not isinstance(item, dict):
+            item = {"error": {"code": "InvalidResponse", "message": "an item of data is not an object"}}
+        image = GeneratedImage.from_item(index, item)
+        if not (spool and image.b64_json is not None):
+            return image
+        spooled = tempfile.TemporaryFile(prefix="seedream-b64-")
+        try:
+            decoded = self._decode_b64(image.b64_json, spooled)
+        except SeedreamDownloadError as error:
+            spooled.close()
+            return GeneratedImage(index=index, size=image.size, error_code="InvalidImage", error_message=str(error))
+        return GeneratedImage(index=index, size=image.size, spool=(spooled, decoded), extra=image.extra)
 
     def _retrying(self, predicate: Callable[[BaseException], bool], what: str) -> tenacity.Retrying:
         def log_retry(state: tenacity.RetryCallState) -> None:
@@ -305,6 +457,14 @@ class SeedreamHook(BaseHook):
         """
         if not image.ok:
             raise SeedreamDownloadError(f"image {image.index} carries no image: {image.error_code}", retryable=False)
+        if image.spool is not None:
+            source, decoded = image.spool
+            source.seek(0)
+            fileobj.seek(0)
+            fileobj.truncate()
+            for chunk in iter(lambda: source.read(DOWNLOAD_CHUNK), b""):
+                fileobj.write(chunk)
+            return decoded
         if image.b64_json is not None:
             return self._decode_b64(image.b64_json, fileobj)
         url = image.url or ""
@@ -323,8 +483,10 @@ class SeedreamHook(BaseHook):
         prepared = session.prepare_request(requests.Request("GET", url))
         prepared.url = url  # the signature breaks if the URL is re-encoded in any way
         shown = redact_url(url)
+        # session.send alone skips the environment: a CA bundle or proxy set for the task must apply.
+        settings = session.merge_environment_settings(url, {}, True, None, None)
         try:
-            response = session.send(prepared, stream=True, timeout=(self.connect_timeout, 120.0))
+            response = session.send(prepared, timeout=(self.connect_timeout, DOWNLOAD_READ_TIMEOUT), **settings)
         except requests.RequestException as error:
             raise SeedreamDownloadError(f"download of {shown} failed: {type(error).__name__}") from None
         with response:
@@ -333,7 +495,7 @@ class SeedreamHook(BaseHook):
                 raise SeedreamDownloadError(
                     f"download of {shown} failed: HTTP {response.status_code} {detail.code or ''}".rstrip(),
                     status=response.status_code,
-                    retryable=response.status_code in RETRYABLE_STATUSES,
+                    retryable=response.status_code in DOWNLOAD_RETRYABLE_STATUSES,
                 )
             declared = response.headers.get("Content-Length")
             if declared and int(declared) > self.max_download_bytes:
@@ -371,24 +533,28 @@ class SeedreamHook(BaseHook):
         """
         Prove the key works without paying for an image.
 
-        Sends a request with no prompt: the service checks the key first, then refuses the
-        request for its missing prompt, so an accepted key costs nothing.
+        Sends a request no model can fulfil (no prompt, a 1x1 size): the service checks the
+        key first, then refuses the request, so an accepted key costs nothing and no image
+        can be made.
         """
         try:
             settings = self.settings
             response = self.get_conn().post(
                 settings["endpoint"],
-                json={"model": settings["model"]},
+                json={"model": settings["model"], "size": "1x1"},
                 headers={"Authorization": f"Bearer {settings['api_key']}"},
                 timeout=(self.connect_timeout, 30.0),
             )
         except Exception as error:
-            return False, f"Could not reach the endpoint: {type(error).__name__}: {error}"
+            return False, f"Could not reach the endpoint: {type(error).__name__}: {redact_text(str(error))}"
         with response:
             if response.status_code in (400, 422):
                 return True, f"Connection works: the key was accepted by {settings['endpoint']}."
             if response.status_code == 200:
-                return True, "Connection works (the endpoint answered a request without a prompt)."
+                return False, (
+                    f"{settings['endpoint']} answered 200 to a request without a prompt: it is not a Seedream "
+                    "endpoint that checks its requests; check the Base URL"
+                )
             return False, str(api_error(response))
 
 

@@ -13,7 +13,12 @@ import pytest
 import requests
 from PIL import Image
 
-from airflow_provider_seedream.exceptions import SeedreamAPIError, SeedreamDownloadError, SeedreamValidationError
+from airflow_provider_seedream.exceptions import (
+    SeedreamAPIError,
+    SeedreamDownloadError,
+    SeedreamUnknownOutcomeError,
+    SeedreamValidationError,
+)
 from airflow_provider_seedream.hooks.seedream import SeedreamHook, endpoint_url
 from airflow_provider_seedream.results import GeneratedImage
 from tests.conftest import API_KEY
@@ -221,8 +226,8 @@ def test_valid_reference_images_are_sent(hook, seedream_emulator):
 # -- retries --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "reset"])
-def test_transient_faults_are_retried(hook, seedream_emulator, fault):
+@pytest.mark.parametrize("fault", ["429", "500", "503"])
+def test_faults_that_prove_nothing_was_made_are_retried(hook, seedream_emulator, fault):
     seedream_emulator.configure(script=[fault, fault], retry_after=0)
     result = hook.generate_images("a kite", size="1K")
     assert result.succeeded
@@ -231,14 +236,99 @@ def test_transient_faults_are_retried(hook, seedream_emulator, fault):
     assert stats["images_generated"] == 1
 
 
-def test_read_timeout_is_retried(seedream_emulator):
+UNKNOWN_OUTCOMES = {
+    "reset": "broke off",
+    "502": "gateway answered HTTP 502",
+    "504": "gateway answered HTTP 504",
+    "slow": "read timeout of 0.5 s",
+}
+
+
+@pytest.mark.parametrize("fault", sorted(UNKNOWN_OUTCOMES))
+def test_an_unknown_outcome_is_reported_and_never_sent_again(seedream_emulator, fault):
     hook = SeedreamHook(timeout=0.5, **FAST)
-    seedream_emulator.configure(script=["slow"], slow_seconds=2)
-    assert hook.generate_images("a slow kite", size="1K").succeeded
+    seedream_emulator.configure(script=[fault], slow_seconds=3)
+    with pytest.raises(SeedreamUnknownOutcomeError, match=UNKNOWN_OUTCOMES[fault]) as raised:
+        hook.generate_images("a kite that may have been billed", size="1K")
+    assert "may have been billed" in str(raised.value)
+    assert seedream_emulator.stats()["generation_requests"] == 1
+
+
+@pytest.mark.parametrize("where", ["argument", "connection"])
+def test_retry_unknown_outcome_opts_back_in(seedream_emulator, monkeypatch, where):
+    if where == "argument":
+        hook = SeedreamHook(retry_unknown_outcome=True, **FAST)
+    else:
+        conn = {"conn_type": "seedream", "host": seedream_emulator.url, "password": API_KEY,
+                "extra": {"retry_unknown_outcome": True}}
+        monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_RETRYING", json.dumps(conn))
+        hook = SeedreamHook("seedream_retrying", **FAST)
+    seedream_emulator.configure(script=["reset"])
+    assert hook.generate_images("a kite sent twice on purpose", size="1K").succeeded
     assert seedream_emulator.stats()["generation_requests"] == 2
 
 
-def test_retry_after_is_honoured(hook, seedream_emulator):
+def test_a_failure_to_connect_is_retried_as_nothing_was_sent():
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    hook = SeedreamHook(retry_min_wait=0.01, retry_max_wait=0.02, max_retries=2)
+    hook._settings = {**_settings_for(f"http://127.0.0.1:{port}")}
+    attempts = []
+    hook.log.warning = lambda *args: attempts.append(args)  # type: ignore[method-assign]
+    with pytest.raises(requests.ConnectionError):
+        hook.generate_images("a kite with nowhere to go", size="1K")
+    assert len(attempts) == 2, "a refused connection is tried max_retries more times"
+
+
+def _settings_for(host: str) -> dict:
+    return {
+        "endpoint": endpoint_url(host), "api_key": API_KEY, "model": "doubao-seedream-5-0-260128",
+        "parameters": {}, "timeout": 5.0, "max_retries": 2, "retry_unknown_outcome": False,
+    }
+
+
+def test_a_long_retry_after_is_capped(seedream_emulator, capfd):
+    hook = SeedreamHook(retry_min_wait=0.01, retry_max_wait=0.3, max_retries=1)
+    seedream_emulator.configure(script=["429"], retry_after=3600)
+    assert hook.generate_images("an impatient kite", size="1K").succeeded
+    output = capfd.readouterr()
+    assert "retry 1 of 1 in 0.30 s" in output.out + output.err
+
+
+def test_null_extras_from_the_connection_form_mean_the_defaults(seedream_emulator, monkeypatch):
+    # What Airflow's connection form saves when the extra fields are left empty.
+    extras = {"model": None, "endpoint_path": None, "timeout": None, "max_retries": None, "retry_unknown_outcome": None}
+    conn = {"conn_type": "seedream", "host": seedream_emulator.url, "password": API_KEY, "extra": extras}
+    monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_FORM", json.dumps(conn))
+    hook = SeedreamHook("seedream_form")
+    settings = hook.settings
+    assert (settings["timeout"], settings["max_retries"], settings["retry_unknown_outcome"]) == (300.0, 6, False)
+    assert settings["model"] == "doubao-seedream-5-0-260128"
+    assert settings["endpoint"] == f"{seedream_emulator.url}/v1/images/generations"
+    assert hook.generate_images("a kite from the form", size="1K").succeeded
+
+
+def test_a_bad_extra_names_itself(seedream_emulator, monkeypatch):
+    conn = {"conn_type": "seedream", "host": seedream_emulator.url, "password": API_KEY, "extra": {"max_retries": "many"}}
+    monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_BAD", json.dumps(conn))
+    with pytest.raises(SeedreamValidationError, match="extra 'max_retries': must be an integer or null, got 'many'"):
+        SeedreamHook("seedream_bad").settings
+
+
+def test_the_read_timeout_grows_with_a_group(hook):
+    single = hook.build_request("a kite", size="1K")
+    group = hook.build_request(
+        "a kite", size="1K", sequential_image_generation="auto", sequential_image_generation_options={"max_images": 15}
+    )
+    assert hook.read_timeout(single) == 300.0
+    assert hook.read_timeout(group) == 300.0 + 14 * 60.0
+
+
+def test_retry_after_is_honoured(seedream_emulator):
+    hook = SeedreamHook(retry_min_wait=0.01, retry_max_wait=5.0, max_retries=1)
     seedream_emulator.configure(script=["429"], retry_after=1)
     started = time.monotonic()
     hook.generate_images("a patient kite", size="1K")
@@ -376,3 +466,61 @@ def test_refused_reference_link_is_not_echoed(hook, seedream_emulator):
         hook.generate_images("the same chair in autumn", size="1K", image=link)
     assert raised.value.status == 400 and raised.value.code.startswith("InvalidImageURL")
     assert "X-Amz-Signature" not in str(raised.value) and "0123456789abcdef" not in str(raised.value)
+
+
+# -- answers parsed as they arrive, downloads through the environment's proxy ------------------
+
+
+def test_b64_images_are_spooled_to_files_as_they_are_read(hook, seedream_emulator):
+    body = hook.build_request(
+        "a row of kites", size="1K", response_format="b64_json",
+        sequential_image_generation="auto", sequential_image_generation_options={"max_images": 3},
+    )
+    result = hook.send_request(body, spool_images=True)
+    assert [image.b64_json for image in result.images] == [None, None, None]
+    served_digests = {image["sha256"] for image in seedream_emulator.images()}
+    for image in result.images:
+        spool, decoded = image.spool
+        spool.seek(0)
+        assert hashlib.sha256(spool.read()).hexdigest() == decoded.sha256
+        assert decoded.sha256 in served_digests
+        buffer = io.BytesIO()
+        assert hook.download_image(image, buffer).sha256 == decoded.sha256
+    assert result.usage["generated_images"] == 3
+
+
+def test_downloads_go_through_the_environments_proxy(hook, seedream_emulator, monkeypatch):
+    import http.server
+    import threading
+    import urllib.request
+
+    relayed: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # a forward proxy gets the absolute URL in the request line
+            relayed.append(self.path)
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with direct.open(self.path) as upstream:
+                body = upstream.read()
+                self.send_response(upstream.status)
+                self.send_header("Content-Type", upstream.headers["Content-Type"])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    [image] = hook.generate_images("a kite behind a proxy", size="1K").images
+    served_digests = {served["sha256"] for served in seedream_emulator.images()}
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        downloaded = hook.download_image(image, io.BytesIO())
+    finally:
+        proxy.shutdown()
+    assert relayed == [image.url], "the signed link went through the proxy, exactly as received"
+    assert downloaded.sha256 in served_digests
