@@ -6,6 +6,8 @@ Shared by the DAG that runs them (``bad_input_dag.py``) and the test that reads 
 from __future__ import annotations
 
 BUCKET = "{{ params.bucket }}"
+#: Retries every task is given; none may be used.
+RETRIES = 2
 
 # task_id -> (operator arguments beyond the defaults, text the task's error must hold)
 BAD_INPUTS: dict[str, tuple[dict, str]] = {
