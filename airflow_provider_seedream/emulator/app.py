@@ -14,10 +14,11 @@ Control API (emulator only, no auth):
 
 A generation request goes through one path: checks (auth, body, validation, refusal marker,
 reference images), the fault decision, then either an immediate refusal (``429``, ``quota``,
-``503``) or the model's work: the images, ``latency`` (plus ``slow_seconds`` for ``slow``)
-during which a client may leave, and the answer (the images, a ``500``, a gateway ``502`` or
-``504``, or a broken connection). Under ``bill_abandoned`` the images are made before the wait,
-so every answer that never reaches its client still costs what the service would charge.
+``503``) or the model's work: ``latency`` (plus ``slow_seconds`` for ``slow``), during which a
+client may leave, the images, and the answer (the images, a ``500``, a gateway ``502`` or
+``504``, or a broken connection). Under ``bill_abandoned`` images whose answer never reaches
+the client (it left, the connection broke, a gateway lost the answer) are still made and billed,
+and counted in ``billed_unanswered``; otherwise such a request bills nothing.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ log = logging.getLogger(__name__)
 GENERATION_PATHS = ("/v1/images/generations", "/api/v3/images/generations")
 _REQUIRED_FIELDS = ("model", "prompt")
 _DISCONNECT_POLL_SECONDS = 0.1
-# Faults after which the model has made the images, answered or not.
-_BILLABLE = ("ok", "slow", *UNANSWERED_FAULTS)
+# Faults under which the model makes the images, whether or not their answer reaches the client.
+_MODEL_FAULTS = ("ok", "slow", *UNANSWERED_FAULTS)
 # A reset answers headers that promise this many bytes, then only the first few.
 _RESET_DECLARED = 4096
 _RESET_PARTIAL = b'{"created": '
@@ -289,18 +290,9 @@ async def _answer(
     signer: UrlSigner,
 ) -> Response:
     """Do the model's work for an accepted request and answer it as ``fault`` says."""
-    # Under bill_abandoned the model works whether or not anyone waits for its answer: the
-    # images are made (and billed) first, so a client that leaves or a broken answer cannot
-    # undo the spend. Otherwise the images are made only for a client still there to take them.
-    made = await _make(plan, state, cache, signer) if config.bill_abandoned and fault in _BILLABLE else None
     delay = config.latency + (config.slow_seconds if fault == "slow" else 0.0)
-    if not await _wait_while_connected(request, delay):
-        state.count("abandoned")
-        log.debug("Client left generation request %s before its answer", plan.request_id)
-        if made is not None:
-            state.mark_unanswered(made.records)
-        return _Abandoned()
-    if fault == "500":
+    connected = await _wait_while_connected(request, delay)
+    if connected and fault == "500":
         return service_error(
             500,
             "InternalServiceError",
@@ -309,15 +301,28 @@ async def _answer(
             error_type="InternalServerError",
             param="",
         )
+    delivered = connected and fault not in UNANSWERED_FAULTS
+    outcome: GenerationOutcome | None = None
+    # The model finishes its images whether or not anyone still waits for them; whether the
+    # service then bills images whose answer is lost is what bill_abandoned decides.
+    if fault in _MODEL_FAULTS and (delivered or config.bill_abandoned):
+        outcome = await asyncio.to_thread(produce, plan, cache, signer)
+        if delivered and await request.is_disconnected():
+            connected = delivered = False  # the client left while its images were made
+        if delivered or config.bill_abandoned:
+            state.add_images(outcome.records, outcome.item_errors)
+            if not delivered:
+                state.mark_unanswered(outcome.records)
+    if not connected:
+        state.count("abandoned")
+        log.debug("Client left generation request %s before its answer", plan.request_id)
+        return _Abandoned()
+    if fault == "reset":
+        return BrokenResponse(_RESET_PARTIAL, declared=_RESET_DECLARED)
     if fault in UNANSWERED_FAULTS:
-        if made is not None:
-            state.mark_unanswered(made.records)
-        if fault == "reset":
-            return BrokenResponse(_RESET_PARTIAL, declared=_RESET_DECLARED)
         return gateway_error(int(fault))
-    if made is None:
-        made = await _make(plan, state, cache, signer)
-    return Response(content=made.body, media_type="application/json")
+    assert outcome is not None, "a delivered answer always has its images"
+    return Response(content=outcome.body, media_type="application/json")
 
 
 def _refusal(fault: str, request_id: str, config: EmulatorConfig) -> Response | None:
@@ -351,13 +356,6 @@ def _refusal(fault: str, request_id: str, config: EmulatorConfig) -> Response | 
             param="",
         )
     return None
-
-
-async def _make(plan: GenerationPlan, state: EmulatorState, cache: ImageCache, signer: UrlSigner) -> GenerationOutcome:
-    """Make the plan's images in a worker thread and count them as billed."""
-    outcome = await asyncio.to_thread(produce, plan, cache, signer)
-    state.add_images(outcome.records, outcome.item_errors)
-    return outcome
 
 
 async def _wait_while_connected(request: Request, seconds: float) -> bool:

@@ -15,6 +15,9 @@ Fixtures:
     back to the start config), so knobs changed with ``seedream_emulator.configure(...)`` last
     for one test only. Use ``seedream_emulator.url`` as the connection's host, and
     ``seedream_emulator.stats()`` / ``seedream_emulator.images()`` to check what happened.
+    A client that gives up (a read timeout, a killed task) returns before the emulator notices
+    it left and bills what it made (``bill_abandoned``): before counting, wait until
+    ``stats()["generation_in_flight"] == 0`` with ``generation_requests`` at the number sent.
 
 Example::
 
