@@ -1,7 +1,28 @@
-"""A batch of prompts generated concurrently, each image stored once, failures collected."""
+"""A batch of prompts: one work queue, explicit states, every paid image stored or recorded.
+
+Every prompt moves through the states of :class:`State`::
+
+    QUEUED -> SENDING -> ANSWERED -> STORED
+                  |          '-----> FAILED   (paid for; its links are kept for a retry)
+                  |---------------> FAILED   (refused: nothing was paid)
+                  '---------------> UNKNOWN  (the answer was lost: it may have been billed)
+    QUEUED -> NOT_SENT  (the batch stopped: interrupted, budget spent, key refused...)
+
+``max_concurrency`` generation threads take prompts from one queue; as many transfer
+threads download and upload the answered images. Before a generation thread frees its slot,
+the answer's signed links are recorded in S3 (``_pending/<stem>.json``), so an image that
+was paid for is always either stored or recoverable by a retry.
+
+When the task is interrupted (execution timeout, SIGTERM through ``on_kill``, any exception
+in the main thread) nothing more is sent: queued prompts become NOT_SENT at once, requests
+in flight get ``grace_seconds`` to answer and be recorded, and those still waiting after
+that are recorded as UNKNOWN. The threads are daemons: a request stuck in a read never
+keeps the task's process alive.
+"""
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import logging
@@ -9,23 +30,50 @@ import queue
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_seedream.exceptions import NON_RETRYABLE_429_CODES, SeedreamAPIError, SeedreamError
+from airflow_provider_seedream.exceptions import (
+    NON_RETRYABLE_429_CODES,
+    SeedreamAPIError,
+    SeedreamError,
+    SeedreamUnknownOutcomeError,
+)
 from airflow_provider_seedream.references import Reference, Transport, resolve
 from airflow_provider_seedream.storage import StorageError, StoredObject
 
 if TYPE_CHECKING:
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
     from airflow_provider_seedream.results import GeneratedImage, GenerationResult
-    from airflow_provider_seedream.storage import ImageStore
+    from airflow_provider_seedream.storage import ImageStore, PendingRecord
 
 # Fields that change how an image is delivered, not which image is made.
 DELIVERY_FIELDS = frozenset({"response_format", "stream"})
-ABORTING_STATUSES = frozenset({401, 403, 404})
+# Answers after which no other request of the batch can succeed.
+ACCOUNT_STATUSES = frozenset({401, 403})
 PROGRESS_SECONDS = 10.0
+# Below the 5 s Airflow's supervisor waits between SIGTERM and SIGKILL.
+GRACE_SECONDS = 3.0
+_WAIT_SLICE = 0.5  # the main thread wakes this often, so signals and timeouts get through
+# A presigned reference link is made again when half of its life is gone.
+_REFERENCE_REUSE_SECONDS = 1800.0
+
+
+class State(str, enum.Enum):
+    """Where a prompt is."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    ANSWERED = "answered"
+    STORED = "stored"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    NOT_SENT = "not_sent"
+
+
+FINAL_STATES = frozenset({State.STORED, State.FAILED, State.UNKNOWN, State.NOT_SENT})
 
 
 def fingerprint(body: dict[str, Any], references: list[Reference]) -> str:
@@ -39,7 +87,12 @@ def fingerprint(body: dict[str, Any], references: list[Reference]) -> str:
 
 @dataclass(frozen=True)
 class PromptJob:
-    """One prompt, its validated request body and where its images go."""
+    """One prompt, its validated request body and where its images go.
+
+    :param index: the prompt's index (its position, plus ``prompt_index_offset``).
+    :param stem: its key stem: its ``key``, or its index as ``00042``.
+    :param requested_images: the most images its request can be billed for.
+    """
 
     index: int
     prompt: str
@@ -47,6 +100,12 @@ class PromptJob:
     references: list[Reference]
     fingerprint: str
     extension: str
+    stem: str = ""
+    requested_images: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.stem:
+            object.__setattr__(self, "stem", f"{self.index:05d}")
 
 
 @dataclass(frozen=True)
@@ -60,9 +119,12 @@ class Failure:
     message: str
     paid: bool
     retryable: bool = True
+    unknown: bool = False
 
     def describe(self) -> str:
         where = f"prompt {self.prompt_index}" + (f" image {self.image_index}" if self.image_index is not None else "")
+        if self.unknown:
+            return f"{where}: outcome unknown, may have been billed (not sent again): {self.message}"
         paid = " (paid for, NOT stored)" if self.paid else ""
         return f"{where}: {self.stage} failed: {self.code}: {self.message}{paid}"
 
@@ -79,21 +141,43 @@ class BatchReport:
     reused: int = 0
     billed_images: int = 0
     output_tokens: int = 0
+    stop_reason: str | None = None
+    stop_retryable: bool = True
+    states: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def unknown_outcomes(self) -> int:
+        """Prompts whose request may have been billed without an answer."""
+        return sum(1 for failure in self.failures if failure.unknown)
+
+    @property
+    def not_sent(self) -> list[int]:
+        """The prompt indices the batch stopped before sending."""
+        return sorted(failure.prompt_index for failure in self.failures if failure.code == "NotSent")
 
     @property
     def retryable(self) -> bool:
         """Whether a retry of the task may store more (some failure was a transient one)."""
+        if self.stop_reason and not self.stop_retryable:
+            return False
         return any(failure.retryable for failure in self.failures)
 
     def summary(self) -> str:
         lines = [
             f"{len(self.failures)} failure(s) in a batch of {self.total_prompts} prompt(s); "
-            f"{self.generated} image(s) generated and stored, {self.reused} reused. "
+            f"{self.generated} image(s) generated and stored, {self.reused} reused, "
+            f"{self.unknown_outcomes} outcome(s) unknown, {len(self.not_sent)} prompt(s) not sent. "
             "Images already stored are kept: a retry generates only what is missing."
         ]
-        lines += [f"  - {failure.describe()}" for failure in self.failures[:50]]
-        if len(self.failures) > 50:
-            lines.append(f"  ... and {len(self.failures) - 50} more")
+        if self.stop_reason:
+            lines.append(f"The batch stopped: {self.stop_reason}.")
+        if self.not_sent:
+            shown = ", ".join(str(index) for index in self.not_sent[:50])
+            lines.append(f"Prompts not sent: {shown}" + (" ..." if len(self.not_sent) > 50 else ""))
+        listed = [failure for failure in self.failures if failure.code != "NotSent"]
+        lines += [f"  - {failure.describe()}" for failure in listed[:50]]
+        if len(listed) > 50:
+            lines.append(f"  ... and {len(listed) - 50} more")
         return "\n".join(lines)
 
 
@@ -105,17 +189,27 @@ class BatchError(SeedreamError):
         super().__init__(report.summary())
 
 
+class BatchInterrupted(SeedreamError):
+    """The task was stopped (``on_kill``); what was paid for is stored or recorded."""
+
+    def __init__(self, report: BatchReport) -> None:
+        self.report = report
+        super().__init__(report.summary())
+
+
 class BatchRunner:
     """
-    Run prompt jobs on a pool of threads sharing one hook (one pooled HTTP session) and one store.
+    Run prompt jobs on daemon threads sharing one hook (one pooled HTTP session) and one store.
 
     :param hook: the Seedream hook.
     :param store: where images land.
     :param s3_client: the client used to read ``s3://`` references.
     :param transport: how local and ``s3://`` references are sent.
-    :param replace: generate even when the same images are already stored.
-    :param max_concurrency: prompts in flight at once.
+    :param replace: generate again even when the same images are stored (once per DAG run).
+    :param max_concurrency: generation requests in flight at once.
     :param log: where progress goes.
+    :param max_billed_images: the most images this run may pay for, requests in flight included.
+    :param grace_seconds: how long an interrupted batch waits for requests in flight.
     """
 
     def __init__(
@@ -128,6 +222,8 @@ class BatchRunner:
         replace: bool,
         max_concurrency: int,
         log: logging.Logger,
+        max_billed_images: int | None = None,
+        grace_seconds: float = GRACE_SECONDS,
     ) -> None:
         self.hook = hook
         self.store = store
@@ -136,158 +232,400 @@ class BatchRunner:
         self.replace = replace
         self.max_concurrency = max_concurrency
         self.log = log
-        self._lock = threading.Lock()
-        self._abort: str | None = None
-        self._pending: set[int] = set()
-        self._waiting = threading.BoundedSemaphore(2 * max_concurrency)
+        self.max_billed_images = max_billed_images
+        self.grace_seconds = grace_seconds
+        # Re-entrant: on_kill runs in a signal handler on the main thread, which may hold it.
+        self._changed = threading.Condition(threading.RLock())
+        self._states: dict[int, State] = {}
+        self._job_locks: dict[int, threading.Lock] = {}
+        self._stop_reason: str | None = None
+        self._stop_retryable = True
+        self._interrupted = False
+        self._reserved = 0
+        self._billed = 0
+        self._dead_models: dict[str, str] = {}
+        self._open = 0
+        self._jobs: dict[int, PromptJob] = {}
+        self._references: dict[str, tuple[float, str]] = {}
+        self._reference_locks: dict[str, threading.Lock] = {}
+
+    # -- the public face: run, stop -------------------------------------------------------------
+
+    def stop(self, reason: str, *, interrupt: bool = False, retryable: bool = False) -> None:
+        """Send nothing more. With ``interrupt``, also stop waiting for the batch to finish."""
+        with self._changed:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+                self._stop_retryable = retryable
+            self._interrupted |= interrupt
+            self._changed.notify_all()
 
     def run(self, jobs: list[PromptJob]) -> BatchReport:
-        """
-        Run every job and return what was stored, reused and lost.
-
-        Generation and transfer run on two pools of ``max_concurrency`` threads, so a
-        generation slot is free for the next prompt as soon as its answer arrives; at most
-        ``2 * max_concurrency`` answered prompts wait for their downloads and uploads.
-        """
+        """Run every job and return what was stored, reused and lost."""
         report = BatchReport(total_prompts=len(jobs))
-        self._pending = set() if self.replace else self.store.pending_prompts()
-        # One event per prompt, when it is finished (stored, reused or failed); an exception
-        # that escaped a job is raised here.
-        finished: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._jobs = {job.index: job for job in jobs}
+        self._states = {job.index: State.QUEUED for job in jobs}
+        self._job_locks = {job.index: threading.Lock() for job in jobs}
+        to_generate, to_resume = self._plan(jobs, report)
+        work: queue.SimpleQueue[PromptJob] = queue.SimpleQueue()
+        for job in to_generate:
+            work.put(job)
+        transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None] = queue.SimpleQueue()
+        for job, result in to_resume:
+            if self._states[job.index] is State.QUEUED:
+                self._set_state(job, State.ANSWERED)
+            transfers.put((job, result, True))
+        with self._changed:
+            self._open = len(to_generate) + len(to_resume)
+        threads = [
+            threading.Thread(target=self._generation_worker, args=(work, transfers, report), daemon=True, name=f"seedream-{n}")
+            for n in range(min(self.max_concurrency, len(to_generate)))
+        ] + [
+            threading.Thread(target=self._transfer_worker, args=(transfers, report), daemon=True, name=f"seedream-transfer-{n}")
+            for n in range(self.max_concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self._wait(report)
+        except BaseException as error:  # the execution timeout, a signal, anything the main thread raises
+            self.stop(f"interrupted by {type(error).__name__}", interrupt=True)
+            self._wind_down(work, report)
+            raise
+        finally:
+            for _ in range(self.max_concurrency):
+                transfers.put(None)
+        if self._interrupted:
+            self._wind_down(work, report)
+            raise BatchInterrupted(report)
+        return self._finished(report)
 
-        def stored(future: Future[None]) -> None:
-            finished.put(future.exception())
+    # -- before anything is sent -----------------------------------------------------------------
 
-        def generated(future: Future[Future[None] | None]) -> None:
-            error = future.exception()
-            follow_up = None if error else future.result()
-            if follow_up is None:
-                finished.put(error)
-            else:
-                follow_up.add_done_callback(stored)
+    def _plan(self, jobs: list[PromptJob], report: BatchReport) -> tuple[list[PromptJob], list[tuple[PromptJob, GenerationResult]]]:
+        """Find what is stored or recorded already; log the plan before any money is spent."""
+        pending = self.store.pending_stems()
+        to_generate: list[PromptJob] = []
+        to_resume: list[tuple[PromptJob, GenerationResult]] = []
+        unknown = 0
+        with ThreadPoolExecutor(max_workers=min(32, 2 * self.max_concurrency), thread_name_prefix="seedream-plan") as pool:
+            for job, stored, record in pool.map(lambda job: self._earlier_work(job, pending), jobs):
+                if stored is not None:
+                    report.reused += len(stored)
+                    report.records.extend(self._record(job, item, reused=True) for item in stored)
+                    self._set_state(job, State.STORED)
+                    report.prompts_done += 1
+                elif record is not None and record.status == "unknown" and not self.hook.retry_unknown_outcome:
+                    unknown += 1
+                    message = "an earlier try sent it and its answer was lost; set retry_unknown_outcome to send it again"
+                    self._fail(report, Failure(job.index, None, "generation", "OutcomeUnknown", message, False, False, True))
+                    self._set_state(job, State.UNKNOWN)
+                    if record.result is not None and record.result.succeeded:
+                        to_resume.append((job, record.result))  # the images that did arrive are known
+                    else:
+                        report.prompts_done += 1
+                elif record is not None and record.status == "answered" and record.result is not None:
+                    to_resume.append((job, record.result))
+                else:
+                    to_generate.append(job)
+        most = sum(job.requested_images for job in to_generate)
+        if self.max_billed_images is not None:
+            most = min(most, self.max_billed_images)
+        self.log.info(
+            "Plan: %d prompt(s): %d already stored, %d to store from images paid for earlier, %d not sent again "
+            "(outcome unknown), %d to generate; at most %d image(s) may be paid for (max_billed_images %s)",
+            len(jobs),
+            sum(1 for job in jobs if self._states[job.index] is State.STORED),
+            len(to_resume),
+            unknown,
+            len(to_generate),
+            most,
+            self.max_billed_images if self.max_billed_images is not None else "not set",
+        )
+        return to_generate, to_resume
 
+    def _earlier_work(self, job: PromptJob, pending: set[str]) -> tuple[PromptJob, list[StoredObject] | None, PendingRecord | None]:
+        stored = self.store.stored_group(
+            job.stem, job.fingerprint, job.extension, job.requested_images, same_run=self.replace
+        )
+        if stored is not None:
+            if job.stem in pending:
+                self._forget(job)
+            return job, stored, None
+        if job.stem not in pending:
+            return job, None, None
+        record = self.store.load_pending(job.stem)
+        if record is None or record.fingerprint != job.fingerprint:
+            return job, None, None
+        if self.replace and record.run_id != self.store.run_id:
+            return job, None, None
+        return job, None, record
+
+    # -- the main thread ---------------------------------------------------------------------
+
+    def _wait(self, report: BatchReport) -> None:
         last_log = time.monotonic()
-        with (
-            ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="seedream") as generation,
-            ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="seedream-transfer") as transfer,
-        ):
-            for job in jobs:
-                generation.submit(self._run_job, job, report, transfer).add_done_callback(generated)
-            for _ in jobs:
-                error = finished.get()
-                if error is not None:
-                    raise error
-                report.prompts_done += 1
-                now = time.monotonic()
-                if now - last_log >= PROGRESS_SECONDS or report.prompts_done == len(jobs):
-                    last_log = now
+        with self._changed:
+            while self._open and not self._interrupted:
+                self._changed.wait(_WAIT_SLICE)
+                if time.monotonic() - last_log >= PROGRESS_SECONDS:
+                    last_log = time.monotonic()
                     self._log_progress(report)
+        self._log_progress(report)
+
+    def _wind_down(self, work: queue.SimpleQueue[PromptJob], report: BatchReport) -> None:
+        """After an interruption: nothing queued is sent, and in-flight requests get a short grace."""
+        while True:
+            try:
+                job = work.get_nowait()
+            except queue.Empty:
+                break
+            self._not_sent(job, report, self._stop_reason or "interrupted")
+        deadline = time.monotonic() + self.grace_seconds
+        with self._changed:
+            while self._open and time.monotonic() < deadline:
+                self._changed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            abandoned = [index for index, state in self._states.items() if state is State.SENDING]
+        for index in abandoned:
+            self._abandon(index, report)
+        answered = sum(1 for state in self._states.values() if state is State.ANSWERED)
+        self.log.warning(
+            "Stopped (%s): nothing more is sent; %d request(s) abandoned in flight (outcome unknown, recorded), "
+            "%d answered prompt(s) not yet stored keep their links for a retry",
+            self._stop_reason,
+            len(abandoned),
+            answered,
+        )
+        report.stop_reason, report.stop_retryable = self._stop_reason, False
+
+    def _abandon(self, index: int, report: BatchReport) -> None:
+        job = self._jobs[index]
+        with self._job_locks[index]:
+            if self._states[index] is not State.SENDING:
+                return  # it answered meanwhile, and was recorded
+            self._set_state(job, State.UNKNOWN)
+            try:
+                self.store.save_unknown(job.stem, job.fingerprint, job.requested_images, "abandoned in flight when the task stopped")
+            except Exception as error:
+                self.log.error("Prompt %d: could not record its unknown outcome: %s", index, type(error).__name__)
+        self._fail(report, Failure(index, None, "generation", "OutcomeUnknown", "the task stopped while it was in flight", False, False, True))
+
+    def _finished(self, report: BatchReport) -> BatchReport:
         report.records.sort(key=lambda record: (record["prompt_index"], record["image_index"]))
         report.failures.sort(key=lambda failure: (failure.prompt_index, failure.image_index or 0))
+        report.stop_reason, report.stop_retryable = self._stop_reason, self._stop_retryable
         return report
 
     def _log_progress(self, report: BatchReport) -> None:
+        with self._changed:
+            states = Counter(state.value for state in self._states.values())
+        report.states = states
         self.log.info(
-            "Progress: %d/%d prompts done; %d images generated, %d reused, %d failures; "
-            "billed images %d, output tokens %d",
+            "Progress: %d/%d prompts done; %d images generated, %d reused, %d failures, %d outcome unknown; "
+            "%d sending, %d answered and storing; billed images %d, output tokens %d",
             report.prompts_done,
             report.total_prompts,
             report.generated,
             report.reused,
             len(report.failures),
+            report.unknown_outcomes,
+            states[State.SENDING.value],
+            states[State.ANSWERED.value],
             report.billed_images,
             report.output_tokens,
         )
 
-    def _fail(self, report: BatchReport, failure: Failure) -> None:
-        with self._lock:
-            report.failures.append(failure)
-        log = self.log.error if failure.paid else self.log.warning
-        log("%s", failure.describe())
+    # -- generation threads ------------------------------------------------------------------
 
-    def _run_job(self, job: PromptJob, report: BatchReport, transfer: ThreadPoolExecutor) -> Future[None] | None:
-        """Reuse, resume or generate one prompt; its images are stored by a job on ``transfer``."""
-        if self._abort:
-            self._fail(report, Failure(job.index, None, "generation", "NotAttempted", self._abort, paid=False, retryable=False))
-            return
-        try:
-            if not self.replace and self._reuse_stored(job, report):
-                if job.index in self._pending:
-                    self.store.drop_pending(job.index)
-                return
-            earlier = self.store.load_pending(job.index, job.fingerprint) if job.index in self._pending else None
-            if earlier is not None:
-                self.log.info("Prompt %d: storing %d image(s) paid for by an earlier attempt", job.index, len(earlier.images))
-                result, pending = earlier, True
-            else:
-                result = self._generate(job)
-                with self._lock:
-                    report.billed_images += int(result.usage.get("generated_images", len(result.succeeded)))
-                    report.output_tokens += int(result.usage.get("output_tokens", 0))
-                # Recorded before the slot is freed, so a kill loses at most max_concurrency paid answers.
-                pending = self._save_pending(job, result)
-        except SeedreamAPIError as error:
-            if error.status in ABORTING_STATUSES or error.code in NON_RETRYABLE_429_CODES:
-                self._abort = f"stopped after HTTP {error.status} {error.code or ''}".strip()
-            code = error.code or f"HTTP{error.status}"
-            self._fail(report, Failure(job.index, None, "generation", code, error.message, False, error.retryable))
-            return
-        except Exception as error:  # a broken connection after every retry, an S3 outage...
-            self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error)[:300], paid=False))
-            return
-        self._waiting.acquire()
-        return transfer.submit(self._store_all, job, result, pending, report)
-
-    def _store_all(self, job: PromptJob, result: GenerationResult, pending: bool, report: BatchReport) -> None:
-        """Store every image of one answer, then forget its pending links unless a retry needs them."""
-        try:
-            self._store_answer(job, result, pending, report)
-        finally:
-            self._waiting.release()
-
-    def _store_answer(self, job: PromptJob, result: GenerationResult, pending: bool, report: BatchReport) -> None:
-        group = tuple(image.index for image in result.succeeded)
-        keep_pending = False
-        for image in result.images:
-            if not image.ok:
-                code, message = image.error_code or "Error", image.error_message or ""
-                self._fail(report, Failure(job.index, image.index, "generation", code, message, False, retryable=False))
-                continue
-            keep_pending |= not self._store(job, result, image, group, report)
-        if pending and not keep_pending:
+    def _generation_worker(
+        self,
+        work: queue.SimpleQueue[PromptJob],
+        transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None],
+        report: BatchReport,
+    ) -> None:
+        while True:
             try:
-                self.store.drop_pending(job.index)
-            except Exception as error:
-                self.log.warning("Prompt %d: could not remove its pending links: %s", job.index, type(error).__name__)
+                job = work.get_nowait()
+            except queue.Empty:
+                return
+            with self._changed:
+                reason = self._stop_reason or self._dead_models.get(str(job.body.get("model"))) or self._reserve(job)
+                if reason is None:
+                    self._set_state(job, State.SENDING)
+            if reason is not None:
+                self._not_sent(job, report, reason)
+                continue
+            try:
+                result = self._generate(job)
+            except SeedreamUnknownOutcomeError as error:
+                self._settle(job, billed=None)
+                self._unknown(job, error, transfers, report)
+            except SeedreamAPIError as error:
+                self._settle(job, billed=0)
+                self._refused(job, error, report)
+            except Exception as error:  # a refused connection after every retry, an unreadable reference...
+                self._settle(job, billed=0)
+                self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error)[:300], paid=False))
+                self._finish(job, State.FAILED, report)
+            else:
+                billed = int(result.usage.get("generated_images", len(result.succeeded)))
+                self._settle(job, billed=billed)
+                with self._changed:
+                    report.billed_images += billed
+                    report.output_tokens += int(result.usage.get("output_tokens", 0))
+                self._answered(job, result, transfers, report)
 
-    def _reuse_stored(self, job: PromptJob, report: BatchReport) -> bool:
-        """Report the prompt's images if they are all stored already from the same request."""
-        stored = self.store.stored_group(job.index, job.fingerprint)
-        if stored is None:
-            return False
-        with self._lock:
-            report.reused += len(stored)
-            report.records.extend(self._record(job, item, reused=True) for item in stored)
-        return True
+    def _reserve(self, job: PromptJob) -> str | None:
+        """Hold the job's images against the budget; the reason it may not be sent, if any."""
+        if self.max_billed_images is not None and self._billed + self._reserved + job.requested_images > self.max_billed_images:
+            reason = (
+                f"max_billed_images={self.max_billed_images} reached: {self._billed} image(s) billed or possibly "
+                f"billed, {self._reserved} in flight, prompt {job.index} may cost {job.requested_images} more"
+            )
+            self.stop(reason)
+            return reason
+        self._reserved += job.requested_images
+        return None
 
-    def _save_pending(self, job: PromptJob, result: GenerationResult) -> bool:
-        try:
-            return self.store.save_pending(job.index, job.fingerprint, result)
-        except Exception as error:
-            self.log.warning("Prompt %d: could not record its links for a resume: %s", job.index, type(error).__name__)
-            return False
+    def _settle(self, job: PromptJob, *, billed: int | None) -> None:
+        """Replace the job's reservation by what it cost (``None``: unknown, so count it all)."""
+        with self._changed:
+            self._reserved -= job.requested_images
+            self._billed += job.requested_images if billed is None else billed
 
     def _generate(self, job: PromptJob) -> GenerationResult:
         body = dict(job.body)
         if job.references:
-            body["image"] = [resolve(reference, self.s3_client, self.transport) for reference in job.references]
-        return self.hook.send_request(body)
+            body["image"] = [self._resolved(reference) for reference in job.references]
+        return self.hook.send_request(body, spool_images=True)
+
+    def _resolved(self, reference: Reference) -> str:
+        """What is sent for a reference, made once per batch (a presigned link again when half-lived)."""
+        with self._changed:
+            lock = self._reference_locks.setdefault(reference.identity, threading.Lock())
+        with lock:  # the first thread reads it; the others wait for that read instead of repeating it
+            cached = self._references.get(reference.identity)
+            if cached is not None and time.monotonic() - cached[0] < _REFERENCE_REUSE_SECONDS:
+                return cached[1]
+            value = resolve(reference, self.s3_client, self.transport)
+            self._references[reference.identity] = (time.monotonic(), value)
+            return value
+
+    def _answered(
+        self,
+        job: PromptJob,
+        result: GenerationResult,
+        transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None],
+        report: BatchReport,
+    ) -> None:
+        if not result.images:
+            message = "the endpoint answered 200 with no image and no error"
+            self._fail(report, Failure(job.index, None, "generation", "EmptyAnswer", message, paid=False))
+            self._finish(job, State.FAILED, report)
+            return
+        if any(image.spool is not None for image in result.images):
+            # Decoded b64_json images have no link to come back to: store them before the slot is freed.
+            self._set_state(job, State.ANSWERED)
+            self._finish(job, State.STORED if self._store_answer(job, result, False, report) else State.FAILED, report)
+            return
+        # Recorded before the slot is freed, so an interruption loses no paid link.
+        with self._job_locks[job.index]:
+            where = self._record_links(job, lambda: self.store.save_pending(job.stem, job.fingerprint, result))
+            self._set_state(job, State.ANSWERED)
+        transfers.put((job, result, where is not None))
+
+    def _record_links(self, job: PromptJob, write: Any) -> str | None:
+        try:
+            where = write()
+        except Exception as error:
+            self.log.error("Prompt %d: could not record what it paid for: %s", job.index, type(error).__name__)
+            self.stop("the record of paid images could not be written")
+            return None
+        if where == "local":
+            self.stop(
+                f"S3 refused the record of paid links; it is kept under {self.store.local_folder} on this machine "
+                "and nothing more is sent, so that no more is paid for than can be stored"
+            )
+        return where
+
+    def _unknown(
+        self,
+        job: PromptJob,
+        error: SeedreamUnknownOutcomeError,
+        transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None],
+        report: BatchReport,
+    ) -> None:
+        received = error.received if error.received is not None and error.received.succeeded else None
+        with self._job_locks[job.index]:
+            self._record_links(
+                job,
+                lambda: self.store.save_unknown(job.stem, job.fingerprint, job.requested_images, str(error), received),
+            )
+            self._fail(report, Failure(job.index, None, "generation", "OutcomeUnknown", str(error)[:300], False, False, True))
+            self._set_state(job, State.UNKNOWN)
+        if received is not None:
+            # The images that did arrive are known: store them like any other.
+            transfers.put((job, received, False))
+        else:
+            self._finish(job, State.UNKNOWN, report)
+
+    def _refused(self, job: PromptJob, error: SeedreamAPIError, report: BatchReport) -> None:
+        code = error.code or f"HTTP{error.status}"
+        if error.status in ACCOUNT_STATUSES or error.code in NON_RETRYABLE_429_CODES:
+            self.stop(f"the service answered HTTP {error.status} {error.code or ''}".strip())
+        elif error.status == 404:
+            model = str(job.body.get("model"))
+            with self._changed:
+                self._dead_models.setdefault(model, f"model {model!r} answered HTTP 404 {error.code or ''}".strip())
+        self._fail(report, Failure(job.index, None, "generation", code, error.message, False, error.retryable))
+        self._finish(job, State.FAILED, report)
+
+    # -- transfer threads --------------------------------------------------------------------
+
+    def _transfer_worker(
+        self, transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None], report: BatchReport
+    ) -> None:
+        while (item := transfers.get()) is not None:
+            job, result, recorded = item
+            try:
+                complete = self._store_answer(job, result, recorded, report)
+            except Exception as error:  # nothing may strand a prompt: report it and go on
+                self._fail(report, Failure(job.index, None, "upload", type(error).__name__, str(error)[:300], True))
+                complete = False
+            if self._states.get(job.index) is State.UNKNOWN:
+                self._finish(job, State.UNKNOWN, report)
+            else:
+                self._finish(job, State.STORED if complete else State.FAILED, report)
+
+    def _store_answer(self, job: PromptJob, result: GenerationResult, recorded: bool, report: BatchReport) -> bool:
+        """Store every image of one answer; forget its record unless a retry needs the links."""
+        group = tuple(image.index for image in result.succeeded)
+        keep_record = False
+        complete = True
+        for image in result.images:
+            if not image.ok:
+                code, message = image.error_code or "Error", image.error_message or ""
+                self._fail(report, Failure(job.index, image.index, "generation", code, message, False, retryable=False))
+                complete = False
+                continue
+            stored, worth_keeping = self._store(job, result, image, group, report)
+            complete &= stored
+            keep_record |= worth_keeping
+        if recorded and not keep_record and self._states.get(job.index) is not State.UNKNOWN:
+            self._forget(job)
+        return complete
+
+    def _forget(self, job: PromptJob) -> None:
+        try:
+            self.store.drop_pending(job.stem)
+        except Exception as error:
+            self.log.warning("Prompt %d: could not remove its record: %s", job.index, type(error).__name__)
 
     def _store(
         self, job: PromptJob, result: GenerationResult, image: GeneratedImage, group: tuple[int, ...], report: BatchReport
-    ) -> bool:
-        """Download and upload one image; ``False`` when it is worth trying again from its link."""
-        key = self.store.key_for(job.index, image.index, job.extension)
+    ) -> tuple[bool, bool]:
+        """Download and upload one image; whether it was stored, and whether its link is worth keeping."""
+        key = self.store.key_for(job.stem, image.index, job.extension)
         try:
             with tempfile.TemporaryFile(prefix="seedream-") as spool:
                 downloaded = self.hook.download_image(image, spool)
@@ -303,27 +641,57 @@ class BatchRunner:
                     sha256=downloaded.sha256,
                     fingerprint=job.fingerprint,
                     group=group,
+                    run_id=self.store.run_id,
                 )
                 self.store.upload(spool, stored, result.request_id)
         except SeedreamError as error:
             retryable = bool(getattr(error, "retryable", False))
             self._fail(report, Failure(job.index, image.index, "download", type(error).__name__, str(error), True, retryable))
-            return not retryable
+            return False, retryable
         except StorageError as error:
             if error.fatal:
-                self._abort = f"stopped after S3 answered {error.code}"
+                self.stop(f"S3 answered {error.code}")
             code = error.code or "StorageError"
-            self._fail(report, Failure(job.index, image.index, "upload", code, str(error), True, not error.fatal))
-            return False
+            self._fail(report, Failure(job.index, image.index, "upload", code, str(error), True, True))
+            return False, True
+        finally:
+            if image.spool is not None:
+                image.spool[0].close()
         self.log.debug("Stored %s (%d bytes)", stored.s3_uri, stored.bytes)
-        with self._lock:
+        with self._changed:
             report.generated += 1
             report.records.append(self._record(job, stored, reused=False))
-        return True
+        return True, False
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _set_state(self, job: PromptJob, state: State) -> None:
+        with self._changed:
+            self._states[job.index] = state
+            self._changed.notify_all()
+
+    def _finish(self, job: PromptJob, state: State, report: BatchReport) -> None:
+        with self._changed:
+            self._states[job.index] = state
+            self._open -= 1
+            report.prompts_done += 1
+            self._changed.notify_all()
+
+    def _not_sent(self, job: PromptJob, report: BatchReport, reason: str) -> None:
+        self._fail(report, Failure(job.index, None, "generation", "NotSent", reason, paid=False, retryable=False), quiet=True)
+        self._finish(job, State.NOT_SENT, report)
+
+    def _fail(self, report: BatchReport, failure: Failure, *, quiet: bool = False) -> None:
+        with self._changed:
+            report.failures.append(failure)
+        if not quiet:
+            log = self.log.error if failure.paid or failure.unknown else self.log.warning
+            log("%s", failure.describe())
 
     @staticmethod
     def _record(job: PromptJob, stored: StoredObject, *, reused: bool) -> dict[str, Any]:
         record = asdict(stored)
         record.pop("group", None)
-        record.update(s3_uri=stored.s3_uri, prompt=job.prompt, reused=reused)
+        # A keyed image reused from a run where the prompt sat elsewhere belongs to this position now.
+        record.update(s3_uri=stored.s3_uri, prompt=job.prompt, prompt_index=job.index, reused=reused)
         return record

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import tenacity
 
@@ -24,10 +28,14 @@ META_SIZE = "seedream-size"
 META_PROMPT_INDEX = "seedream-prompt-index"
 META_IMAGE_INDEX = "seedream-image-index"
 META_REQUEST_ID = "seedream-request-id"
+META_RUN_ID = "seedream-run-id"
 UPLOAD_ATTEMPTS = 4
 PENDING_FOLDER = "_pending"
 # Signed links live 24 hours; a pending record is trusted for a little less.
 PENDING_SECONDS = 23 * 3600
+# A key stem a prompt mapping may give: characters safe in S3 keys, folders allowed.
+_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!_.*'()=+,@-]*(/[A-Za-z0-9!_.*'()=+,@-]+)*$")
+MAX_STEM_CHARS = 512
 
 
 # S3 answers after which no other upload of the batch can succeed.
@@ -53,6 +61,39 @@ class StorageError(Exception):
         return self.code in FATAL_CODES
 
 
+def check_stem(stem: str) -> str | None:
+    """Return why ``stem`` cannot be a key stem, or ``None`` when it can."""
+    if not stem or len(stem) > MAX_STEM_CHARS:
+        return f"must be 1 to {MAX_STEM_CHARS} characters"
+    if stem.startswith("/") or ".." in stem.split("/") or "//" in stem:
+        return "must be relative to s3_prefix: no leading '/', no '..' and no empty folder"
+    if stem.split("/", 1)[0] == PENDING_FOLDER:
+        return f"must not start with {PENDING_FOLDER}/, where unstored links are kept"
+    if not _STEM.match(stem):
+        return "may hold only letters, digits, '/' between folders and !_.*'()=+,@- (starting with a letter or digit)"
+    return None
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """What an earlier try left for a prompt: links of images paid for, or a request of unknown outcome.
+
+    :param status: ``answered`` (``result`` holds the links) or ``unknown`` (may have been billed).
+    :param fingerprint: the request's fingerprint.
+    :param run_id: the DAG run that wrote it.
+    :param result: the answered images, for ``answered``.
+    :param requested_images: the images asked for, for ``unknown``.
+    :param where: ``s3`` or ``local`` (S3 refused the record, it was kept on this machine).
+    """
+
+    status: str
+    fingerprint: str
+    run_id: str | None
+    result: GenerationResult | None = None
+    requested_images: int = 0
+    where: str = "s3"
+
+
 @dataclass(frozen=True)
 class StoredObject:
     """An image object in S3 and what its metadata says about it."""
@@ -68,6 +109,7 @@ class StoredObject:
     sha256: str
     fingerprint: str
     group: tuple[int, ...] = ()
+    run_id: str | None = None
 
     @property
     def s3_uri(self) -> str:
@@ -80,6 +122,11 @@ def image_extension(output_format: str | None, model: str) -> str:
     if output_format == "png" and "seedream-4" not in model:
         return EXTENSIONS["png"]
     return EXTENSIONS["jpeg"]
+
+
+def _ascii(value: str) -> str:
+    """S3 metadata travels in HTTP headers: keep it ASCII."""
+    return value.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _client_error_code(error: BaseException) -> str | None:
@@ -100,86 +147,157 @@ class ImageStore:
     """
     The images of one task in one bucket, under one prefix.
 
+    Each prompt has a key stem (its ``key``, or its index as ``00042``): its images are
+    ``<prefix>/<stem>-<image:02d>.<ext>``, and what an earlier try left for it (links of
+    images paid for and not yet stored, or a request whose outcome is unknown) is the record
+    ``<prefix>/_pending/<stem>.json``. When S3 refuses a record it is kept under
+    ``local_root`` instead, so a retry on the same machine still finds it.
+
     :param client: a boto3 S3 client (from the amazon provider's ``S3Hook``).
     :param bucket: the bucket.
-    :param prefix: the key prefix; keys are ``<prefix>/<prompt index>-<image index>.<ext>``.
+    :param prefix: the key prefix.
+    :param run_id: the DAG run writing the images, kept in their metadata.
+    :param local_root: where records S3 refused are kept.
     """
 
-    def __init__(self, client: S3Client, bucket: str, prefix: str) -> None:
+    def __init__(
+        self, client: S3Client, bucket: str, prefix: str, run_id: str | None = None, local_root: str | None = None
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.run_id = run_id
+        root = local_root or os.environ.get("AIRFLOW_HOME") or tempfile.gettempdir()
+        self.local_folder = Path(root, "seedream-pending", bucket, self.prefix or "_root")
 
-    def prompt_prefix(self, prompt_index: int) -> str:
-        """The key prefix shared by every image of one prompt."""
-        stem = f"{prompt_index:05d}-"
-        return f"{self.prefix}/{stem}" if self.prefix else stem
+    def _full(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
 
-    def key_for(self, prompt_index: int, image_index: int, extension: str) -> str:
+    def key_for(self, stem: str, image_index: int, extension: str) -> str:
         """The deterministic key of one image."""
-        return f"{self.prompt_prefix(prompt_index)}{image_index:02d}.{extension}"
+        return self._full(f"{stem}-{image_index:02d}.{extension}")
 
-    def pending_key(self, prompt_index: int) -> str:
-        """Where the links of a prompt's images wait while they are downloaded and stored."""
-        stem = f"{PENDING_FOLDER}/{prompt_index:05d}.json"
-        return f"{self.prefix}/{stem}" if self.prefix else stem
+    def pending_key(self, stem: str) -> str:
+        """Where the record of a prompt's unstored images, or unknown outcome, is kept."""
+        return self._full(f"{PENDING_FOLDER}/{stem}.json")
 
-    def save_pending(self, prompt_index: int, fingerprint: str, result: GenerationResult) -> bool:
+    # -- records of what an earlier try paid for ------------------------------------------------
+
+    def save_pending(self, stem: str, fingerprint: str, result: GenerationResult) -> str | None:
         """
         Record the signed links of images just paid for, until they are stored.
 
-        A task killed or retried before storing them downloads them from these links
-        instead of paying for them again. Images returned as ``b64_json`` have no link.
+        A task killed or retried before storing them downloads them from these links instead
+        of paying for them again. Images already decoded from ``b64_json`` have no link.
+
+        :return: ``s3`` or ``local`` (S3 refused it), or ``None`` when there was nothing to record.
         """
         images = [{"index": image.index, "url": image.url, "size": image.size} for image in result.succeeded if image.url]
         if not images:
-            return False
-        record = {
+            return None
+        return self._write_record(stem, {
+            "status": "answered",
             "fingerprint": fingerprint,
+            "run_id": self.run_id,
             "model": result.model,
             "request_id": result.request_id,
             "expires_at": time.time() + PENDING_SECONDS,
             "images": images,
-        }
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=self.pending_key(prompt_index),
-            Body=json.dumps(record).encode(),
-            ContentType="application/json",
-        )
-        return True
+        })
 
-    def pending_prompts(self) -> set[int]:
-        """The prompt indices that have pending links, found with one listing."""
-        folder = self.pending_key(0).rsplit("/", 1)[0] + "/"
-        indices = set()
+    def save_unknown(
+        self, stem: str, fingerprint: str, requested_images: int, reason: str, received: GenerationResult | None = None
+    ) -> str:
+        """
+        Record a request whose outcome is unknown, so that no later try sends it again unasked.
+
+        :param received: images that arrived before the answer broke off; their links are kept.
+        """
+        images = [] if received is None else [
+            {"index": image.index, "url": image.url, "size": image.size} for image in received.succeeded if image.url
+        ]
+        return self._write_record(stem, {
+            "status": "unknown",
+            "fingerprint": fingerprint,
+            "run_id": self.run_id,
+            "requested_images": requested_images,
+            "reason": reason[:300],
+            "at": time.time(),
+            "expires_at": time.time() + PENDING_SECONDS,
+            "images": images,
+        })
+
+    def _write_record(self, stem: str, record: dict[str, Any]) -> str:
+        body = json.dumps(record).encode()
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.pending_key(stem), Body=body, ContentType="application/json"
+            )
+            local = self.local_folder / f"{stem}.json"
+            if local.exists():
+                local.unlink()
+            return "s3"
+        except Exception:
+            path = self.local_folder / f"{stem}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".part")
+            partial.write_bytes(body)
+            partial.replace(path)
+            return "local"
+
+    def pending_stems(self) -> set[str]:
+        """The stems that have a record, found with one listing (and the local folder)."""
+        folder = self._full(PENDING_FOLDER) + "/"
+        stems = set()
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
             for item in page.get("Contents", []):
-                stem = item["Key"][len(folder) :].removesuffix(".json")
-                if stem.isdigit():
-                    indices.add(int(stem))
-        return indices
+                if item["Key"].endswith(".json"):
+                    stems.add(item["Key"][len(folder) : -len(".json")])
+        if self.local_folder.is_dir():
+            stems |= {str(path.relative_to(self.local_folder))[: -len(".json")] for path in self.local_folder.rglob("*.json")}
+        return stems
 
-    def load_pending(self, prompt_index: int, fingerprint: str) -> GenerationResult | None:
-        """The images an earlier attempt paid for and did not store, if their links are still valid."""
+    def load_pending(self, stem: str) -> PendingRecord | None:
+        """What an earlier try left for ``stem``; ``None`` when nothing, or links that expired."""
+        where = "s3"
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self.pending_key(prompt_index))["Body"].read()
+            body = self.client.get_object(Bucket=self.bucket, Key=self.pending_key(stem))["Body"].read()
         except Exception as error:
-            if _client_error_code(error) in ("404", "NoSuchKey", "NotFound"):
+            if _client_error_code(error) not in ("404", "NoSuchKey", "NotFound"):
+                raise
+            local = self.local_folder / f"{stem}.json"
+            if not local.is_file():
                 return None
-            raise
+            body, where = local.read_bytes(), "local"
         try:
             record = json.loads(body)
         except ValueError:
             return None
-        if record.get("fingerprint") != fingerprint or record.get("expires_at", 0) <= time.time():
+        status = record.get("status", "answered")
+        fresh = record.get("expires_at", 0) > time.time()
+        images = [
+            GeneratedImage(index=int(item["index"]), url=item["url"], size=item.get("size"))
+            for item in record.get("images") or []
+        ]
+        result = None
+        if images and fresh:
+            result = GenerationResult(images=images, usage={}, model=record.get("model"), request_id=record.get("request_id"))
+        if status == "unknown":
+            # An unknown outcome stays one when its links expire: it may still have been billed.
+            return PendingRecord(
+                "unknown", record.get("fingerprint", ""), record.get("run_id"), result=result,
+                requested_images=int(record.get("requested_images", 1)), where=where,
+            )
+        if result is None:
             return None
-        images = [GeneratedImage(index=int(item["index"]), url=item["url"], size=item.get("size")) for item in record["images"]]
-        return GenerationResult(images=images, usage={}, model=record.get("model"), request_id=record.get("request_id"))
+        return PendingRecord("answered", record.get("fingerprint", ""), record.get("run_id"), result=result, where=where)
 
-    def drop_pending(self, prompt_index: int) -> None:
-        """Forget a prompt's pending links once its images are stored (or beyond reach)."""
-        self.client.delete_object(Bucket=self.bucket, Key=self.pending_key(prompt_index))
+    def drop_pending(self, stem: str) -> None:
+        """Forget a prompt's record once its images are stored (or beyond reach)."""
+        self.client.delete_object(Bucket=self.bucket, Key=self.pending_key(stem))
+        local = self.local_folder / f"{stem}.json"
+        if local.exists():
+            local.unlink()
 
     def check_bucket(self) -> None:
         """Fail with a clear message when the bucket is missing or not ours to write."""
@@ -195,28 +313,47 @@ class ImageStore:
             message = f"s3_bucket: cannot reach bucket {self.bucket!r}: {type(error).__name__}: {code or error}"
             raise StorageError(message, code) from None
 
-    def stored_group(self, prompt_index: int, fingerprint: str) -> list[StoredObject] | None:
+    def stored_group(
+        self, stem: str, fingerprint: str, extension: str, count: int, *, same_run: bool = False
+    ) -> list[StoredObject] | None:
         """
         Return the images stored earlier from the same prompt and parameters, or ``None``.
 
-        A group counts only when every image its response produced is present and each
-        object's fingerprint matches; anything else must be generated again.
+        Only the keys this request would write are looked at (``<stem>-00.<ext>`` onwards, at
+        most ``count``), so stray objects under the prefix never force a new generation. A group
+        counts when every image its answer produced is present with the same fingerprint (and,
+        with ``same_run``, was written by this DAG run).
         """
-        listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prompt_prefix(prompt_index))
-        keys = sorted(item["Key"] for item in listing.get("Contents", []))
-        if not keys:
+
+        run_id = _ascii(self.run_id) if self.run_id else None
+
+        def matching(stored: StoredObject | None) -> bool:
+            return (
+                stored is not None
+                and stored.fingerprint == fingerprint
+                and (not same_run or stored.run_id == run_id)
+            )
+
+        found: dict[int, StoredObject] = {}
+        for image_index in range(count):
+            stored = self.head(self.key_for(stem, image_index, extension))
+            if matching(stored):
+                assert stored is not None
+                found[image_index] = stored
+                break
+        if not found:
             return None
-        first = self.head(keys[0])
-        if first is None or first.fingerprint != fingerprint:
+        [first] = found.values()
+        if not first.group:
             return None
-        by_index = {}
-        for key in keys:
-            stored = first if key == keys[0] else self.head(key)
-            if stored is not None and stored.fingerprint == fingerprint:
-                by_index[stored.image_index] = stored
-        if not first.group or not set(first.group) <= set(by_index):
-            return None
-        return [by_index[index] for index in first.group]
+        for image_index in first.group:
+            if image_index not in found:
+                stored = self.head(self.key_for(stem, image_index, extension))
+                if not matching(stored):
+                    return None
+                assert stored is not None
+                found[image_index] = stored
+        return [found[index] for index in first.group]
 
     def head(self, key: str) -> StoredObject | None:
         """Read one object's metadata; ``None`` when it is not one of ours."""
@@ -245,6 +382,7 @@ class ImageStore:
             sha256=metadata[META_SHA256],
             fingerprint=metadata[META_FINGERPRINT],
             group=group,
+            run_id=metadata.get(META_RUN_ID),
         )
 
     def upload(self, fileobj: IO[bytes], stored: StoredObject, request_id: str | None) -> None:
@@ -260,6 +398,8 @@ class ImageStore:
         }
         if request_id:
             metadata[META_REQUEST_ID] = request_id
+        if stored.run_id:
+            metadata[META_RUN_ID] = _ascii(stored.run_id)
 
         def attempt() -> None:
             # One PutObject (an image is at most max_download_bytes). Unlike upload_fileobj,

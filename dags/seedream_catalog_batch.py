@@ -4,9 +4,9 @@ Catalog batch: one generated image per product of a catalog stored in S3.
 ``load_catalog`` reads the catalog (JSON Lines or CSV) and renders one prompt per product from
 a Jinja template; ``plan_chunks`` cuts the prompts into chunks. ``generate_images`` is mapped
 over the chunks: each mapped task instance sends the prompts of one chunk (``max_concurrency`` at a
-time) and stores the images at ``<images_prefix>/<product index:05d>-<image:02d>.jpg``. The
-chunk's start is its ``prompt_index_offset``, so keys depend on the product's position in the
-catalog alone, and a rerun of an unchanged product costs nothing. The ``seedream_api`` pool
+time) and stores the images at ``<images_prefix>/<product id>-<image:02d>.jpg``. Keys depend on
+the product's id alone: inserting, removing or reordering rows regenerates nothing unchanged,
+and a rerun of an unchanged product costs nothing. The ``seedream_api`` pool
 bounds how many chunks run at once (each chunk sends up to ``MAX_CONCURRENCY`` requests).
 
 ``write_report`` runs even when some chunks failed: it writes a JSON Lines manifest (product id,
@@ -45,7 +45,7 @@ DEFAULT_PROMPT_TEMPLATE = (
     "{{ product.material }} item from our {{ product.category | lower }} range, centred on a "
     "seamless light-grey background, soft diffused light, gentle shadow, no text"
 )
-KEY_PATTERN = r"^(?P<index>\d{5,})-(?P<image>\d{2,})\.(?:jpe?g|png)$"
+KEY_PATTERN = r"^(?P<id>.+)-(?P<image>\d{2,})\.(?:jpe?g|png)$"
 
 
 def parse_catalog(text: str, fmt: str, id_field: str) -> list[dict[str, Any]]:
@@ -55,11 +55,14 @@ def parse_catalog(text: str, fmt: str, id_field: str) -> list[dict[str, Any]]:
     :param text: the catalog's content.
     :param fmt: ``jsonl`` (one JSON object per line) or ``csv`` (a header line, then rows).
     :param id_field: the column holding each product's unique id.
-    :raises ValueError: a line is not an object, a product has no id, or an id repeats.
+    :raises ValueError: a line is not an object, a product has no id, an id repeats, or an id
+        cannot be part of an S3 key.
     """
     import csv
     import io
     import json
+
+    from airflow_provider_seedream.storage import check_stem
 
     if fmt == "csv":
         products = [dict(row) for row in csv.DictReader(io.StringIO(text))]
@@ -81,6 +84,9 @@ def parse_catalog(text: str, fmt: str, id_field: str) -> list[dict[str, Any]]:
             raise ValueError(f"catalog product {position} has no {id_field!r}")
         if product_id in seen:
             raise ValueError(f"catalog id {product_id!r} appears more than once")
+        problem = check_stem(product_id)
+        if problem:
+            raise ValueError(f"catalog product {position}: its {id_field!r} {product_id!r} is the key of its images and {problem}")
         seen.add(product_id)
     return products
 
@@ -114,19 +120,26 @@ def render_prompts(products: Sequence[Mapping[str, Any]], template: str, id_fiel
     return prompts
 
 
-def chunk_arguments(prompts: Sequence[str], chunk_size: int) -> list[dict[str, Any]]:
-    """Cut ``prompts`` into the keyword arguments of one mapped task instance per chunk."""
+def chunk_arguments(products: Sequence[Mapping[str, Any]], chunk_size: int) -> list[dict[str, Any]]:
+    """Cut the products into the keyword arguments of one mapped task instance per chunk.
+
+    Each prompt carries its product's id as ``key``; the chunk's start is its
+    ``prompt_index_offset``, so records and the report line up with the catalog's rows.
+    """
     return [
-        {"prompt": list(prompts[start : start + chunk_size]), "prompt_index_offset": start}
-        for start in range(0, len(prompts), chunk_size)
+        {
+            "prompt": [{"prompt": product["prompt"], "key": product["id"]} for product in products[start : start + chunk_size]],
+            "prompt_index_offset": start,
+        }
+        for start in range(0, len(products), chunk_size)
     ]
 
 
 def images_in_s3(
-    client: Any, bucket: str, images_prefix: str, wanted: set[int], since: datetime.datetime
+    client: Any, bucket: str, images_prefix: str, wanted: Mapping[str, int], since: datetime.datetime
 ) -> dict[int, list[dict[str, Any]]]:
     """
-    Find the stored images of the products at the ``wanted`` indexes, for a report.
+    Find the stored images of the ``wanted`` products (by id, with their index), for a report.
 
     An object written since ``since`` (the run's start) was generated, and paid for, by this
     run: its status is ``stored``. An older one may be an image reused for the same prompt or
@@ -145,15 +158,16 @@ def images_in_s3(
     pages = client.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=f"{images_prefix}/" if images_prefix else ""
     )
+    folder = f"{images_prefix}/" if images_prefix else ""
     for page in pages:
         for item in page.get("Contents", []):
-            match = pattern.match(item["Key"].rpartition("/")[2])
-            if not match or int(match["index"]) not in wanted:
+            match = pattern.match(item["Key"][len(folder) :])
+            if not match or match["id"] not in wanted:
                 continue
             head = client.head_object(Bucket=bucket, Key=item["Key"])
             metadata = head.get("Metadata", {})
             this_run = head["LastModified"] >= since
-            found.setdefault(int(match["index"]), []).append(
+            found.setdefault(wanted[match["id"]], []).append(
                 {
                     "status": STATUS_STORED if this_run else STATUS_UNVERIFIED,
                     "billed_images": 1 if this_run else None,
@@ -205,17 +219,25 @@ with DAG(
         import logging
 
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from airflow.sdk.exceptions import AirflowFailException
 
         log = logging.getLogger(__name__)
         assert params is not None
         key = params["catalog_key"]
-        text = S3Hook(aws_conn_id=AWS_CONN_ID).read_key(key, bucket_name=params["bucket"])
-        products = parse_catalog(text, catalog_format(key, params["catalog_format"]), params["id_field"])
-        if params["max_products"]:
-            products = products[: params["max_products"]]
-        if not products:
-            raise ValueError(f"the catalog s3://{params['bucket']}/{key} holds no product")
-        prompts = render_prompts(products, params["prompt_template"], params["id_field"])
+        hook = S3Hook(aws_conn_id=AWS_CONN_ID)
+        # A wrong catalog or a bad row fails the same way on every try: no retry, no request sent.
+        if not hook.check_for_key(key, bucket_name=params["bucket"]):
+            raise AirflowFailException(f"catalog_key: s3://{params['bucket']}/{key} does not exist")
+        try:
+            text = hook.read_key(key, bucket_name=params["bucket"])
+            products = parse_catalog(text, catalog_format(key, params["catalog_format"]), params["id_field"])
+            if params["max_products"]:
+                products = products[: params["max_products"]]
+            if not products:
+                raise ValueError(f"catalog_key: s3://{params['bucket']}/{key} holds no product")
+            prompts = render_prompts(products, params["prompt_template"], params["id_field"])
+        except ValueError as error:
+            raise AirflowFailException(str(error)) from None
         log.info("Catalog s3://%s/%s: %d products", params["bucket"], key, len(products))
         return [
             {
@@ -233,7 +255,7 @@ with DAG(
     def plan_chunks(products: list[dict[str, Any]], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Cut the prompts into one set of operator arguments per chunk."""
         assert params is not None
-        return chunk_arguments([product["prompt"] for product in products], params["chunk_size"])
+        return chunk_arguments(products, params["chunk_size"])
 
     products = load_catalog()
 
@@ -291,7 +313,7 @@ with DAG(
         # For the products of failed chunks, what is in S3: written by this run, or older.
         found: dict[int, list[dict[str, Any]]] = {}
         if failed_chunks:
-            wanted = {product["index"] for product in products if product["chunk"] in failed_chunks}
+            wanted = {product["id"]: product["index"] for product in products if product["chunk"] in failed_chunks}
             since = dag_run.start_date.replace(microsecond=0) - dt.timedelta(seconds=1)
             found = images_in_s3(client, bucket, images_prefix, wanted, since)
         rows = gallery.build_manifest(products, records, found)

@@ -142,8 +142,11 @@ def test_catalog_helpers():
         module.parse_catalog(csv_text + "A1,Again,red,Kitchen,clay\n", "csv", "sku")
     with pytest.raises(ValueError, match="A1"):
         module.render_prompts(products, "{{ product.weight }}", "sku")
-    chunks = module.chunk_arguments([f"p{n}" for n in range(7)], 3)
+    chunks = module.chunk_arguments([{"id": f"P{n}", "prompt": f"p{n}"} for n in range(7)], 3)
     assert [(chunk["prompt_index_offset"], len(chunk["prompt"])) for chunk in chunks] == [(0, 3), (3, 3), (6, 1)]
+    assert chunks[1]["prompt"][0] == {"prompt": "p3", "key": "P3"}, "each prompt is keyed by its product's id"
+    with pytest.raises(ValueError, match=r"catalog product 1: its 'sku' '\.\./A2'"):
+        module.parse_catalog(csv_text.replace("A2,", "../A2,"), "csv", "sku")
 
 
 # -- end-to-end runs -------------------------------------------------------------------------
@@ -174,7 +177,7 @@ def test_catalog_batch_end_to_end(seedream_emulator, s3_client, bucket, catalog)
     assert "rendered_map_index='products 10+2'" in log  # three chunks: 5, 5 and 2 products
 
     stored = keys(s3_client, bucket, "catalog/images/")
-    assert stored == [f"catalog/images/{index:05d}-00.jpg" for index in range(len(catalog))]
+    assert stored == sorted(f"catalog/images/{product['id']}-00.jpg" for product in catalog)
     assert seedream_emulator.stats()["generation_requests"] == len(catalog)
 
     manifest_text = read(s3_client, bucket, "catalog/review/manifest.jsonl").decode()
@@ -198,6 +201,41 @@ def test_catalog_batch_end_to_end(seedream_emulator, s3_client, bucket, catalog)
     for product in catalog:
         assert product["id"] in page
 
+
+
+@pytest.mark.usefixtures("airflow_db", "seedream_pool")
+def test_catalog_rows_inserted_or_reordered_regenerate_nothing_unchanged(seedream_emulator, s3_client, bucket):
+    def upload(products: list[dict[str, Any]]) -> None:
+        body = "".join(json.dumps(product) + "\n" for product in products)
+        s3_client.put_object(Bucket=bucket, Key="in/products.jsonl", Body=body.encode())
+
+    def product(n: int) -> dict[str, Any]:
+        return {"id": f"K{n}", "name": f"item {n}", "category": "Decor", "colour": "blue", "material": "glass"}
+
+    conf = {"bucket": bucket, "catalog_key": "in/products.jsonl", "size": "1K", "chunk_size": 2}
+    upload([product(n) for n in range(1, 5)])
+    first = example_dags_test("seedream_catalog_batch", bucket, conf)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    before = {key: read(s3_client, bucket, key) for key in keys(s3_client, bucket, "catalog/images/")}
+    assert sorted(before) == [f"catalog/images/K{n}-00.jpg" for n in range(1, 5)]
+
+    # A new product at the top, and the old ones in another order.
+    seedream_emulator.reset()
+    upload([product(0), product(3), product(1), product(4), product(2)])
+    again = example_dags_test("seedream_catalog_batch", bucket, conf)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert seedream_emulator.stats()["generation_requests"] == 1, "only the new product is paid for"
+    after = {key: read(s3_client, bucket, key) for key in keys(s3_client, bucket, "catalog/images/")}
+    assert sorted(after) == [f"catalog/images/K{n}-00.jpg" for n in range(5)]
+    assert all(after[key] == data for key, data in before.items()), "every key still holds its own product"
+    rows = [json.loads(line) for line in read(s3_client, bucket, "catalog/review/manifest.jsonl").splitlines()]
+    assert [(row["product_id"], row["key"], row["reused"]) for row in rows] == [
+        ("K0", "catalog/images/K0-00.jpg", False),
+        ("K3", "catalog/images/K3-00.jpg", True),
+        ("K1", "catalog/images/K1-00.jpg", True),
+        ("K4", "catalog/images/K4-00.jpg", True),
+        ("K2", "catalog/images/K2-00.jpg", True),
+    ]
 
 
 @pytest.mark.usefixtures("airflow_db", "seedream_pool")

@@ -223,6 +223,15 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
             "InvalidParameter", "stream: streaming (server-sent events) is not supported by the emulator.", "stream"
         )
     prompt: str = body["prompt"]
+    if config.missing_model_marker and config.missing_model_marker in str(body["model"]):
+        return service_error(
+            404,
+            "InvalidEndpointOrModel.NotFound",
+            f"The model or endpoint {body['model']} does not exist or you do not have access to it.",
+            request_id,
+            error_type="NotFound",
+            param="model",
+        )
     if config.refuse_marker and config.refuse_marker in prompt:
         state.count_fault("refused")
         return bad_request(

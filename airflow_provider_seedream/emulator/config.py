@@ -27,7 +27,7 @@ _RATES = (
 )
 _DURATIONS = ("latency", "retry_after", "slow_seconds", "url_ttl", "reference_timeout")
 _FLAGS = ("quota_exceeded", "fetch_references", "bill_abandoned")
-_MARKERS = ("refuse_marker", "item_error_marker")
+_MARKERS = ("refuse_marker", "item_error_marker", "missing_model_marker")
 _SCRIPTS = {"script": GENERATION_FAULTS, "download_script": DOWNLOAD_FAULTS}
 
 
@@ -67,6 +67,8 @@ class EmulatorConfig:
     :param refuse_marker: a prompt holding it is refused with ``InputTextSensitiveContentDetected``.
     :param rate_item_error: share of items that fail with ``OutputImageSensitiveContentDetected``.
     :param item_error_marker: a prompt holding it has its last item fail.
+    :param missing_model_marker: a model id holding it is answered 404 ``InvalidEndpointOrModel.NotFound``,
+        as the service answers a model the account cannot use.
     :param rate_truncate: share of downloads cut short.
     :param rate_download_500: share of downloads answered 500.
     :param rate_download_denied: share of downloads answered 403 ``AccessDenied``, as the
@@ -97,6 +99,7 @@ class EmulatorConfig:
     refuse_marker: str = "[refuse]"
     rate_item_error: float = 0.0
     item_error_marker: str = "[item-error]"
+    missing_model_marker: str = "missing-model"
     rate_truncate: float = 0.0
     rate_download_500: float = 0.0
     rate_download_denied: float = 0.0

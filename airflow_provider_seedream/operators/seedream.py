@@ -12,7 +12,7 @@ from airflow_provider_seedream.exceptions import SeedreamValidationError
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk import Context
-    from airflow_provider_seedream.batch import BatchReport, PromptJob
+    from airflow_provider_seedream.batch import BatchReport, BatchRunner, PromptJob
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
     from airflow_provider_seedream.references import Reference
 
@@ -32,27 +32,41 @@ GENERATION_FIELDS = (
     "layer_decomposition",
 )
 # Fields a prompt given as a mapping may override for itself.
-PROMPT_ITEM_FIELDS = frozenset(GENERATION_FIELDS) | {"image", "extra_parameters"}
+PROMPT_ITEM_FIELDS = frozenset(GENERATION_FIELDS) | {"image", "extra_parameters", "key"}
 REFERENCE_STAND_IN = "https://reference.invalid/{}"
+# The most keys and prompts an asset event's extra carries (an event's extra is stored in
+# the metadata database; a catalog's run reads its records from XCom instead).
+ASSET_EXTRA_LIMIT = 1000
 
 
 class SeedreamToS3Operator(BaseOperator):
     """
     Generate images with a Seedream model and store each one in S3.
 
-    Each image lands at ``<s3_prefix>/<prompt index>-<image index>.<ext>``, a key decided by
-    the prompt's and the image's positions, with object metadata holding a fingerprint of
-    the prompt and generation parameters. With ``replace=False`` a prompt whose images are
+    A prompt given as a mapping with ``key`` (a stable stem such as a product id) lands at
+    ``<s3_prefix>/<key>-<image:02d>.<ext>``, wherever it sits in the list; any other at
+    ``<s3_prefix>/<prompt index:05d>-<image:02d>.<ext>``. Object metadata holds a fingerprint
+    of the prompt and generation parameters. With ``replace=False`` a prompt whose images are
     already stored from the same prompt and parameters is not generated again, so a rerun,
-    a retry or a backfill of unchanged prompts costs nothing. Every image that was paid for
-    is stored even when others fail; the task then fails with a summary of what failed.
+    a retry or a backfill of unchanged prompts costs nothing; ``replace=True`` generates
+    once per DAG run, however many tries it takes. Every image that was paid for is stored
+    (or, when the task is stopped, recorded for the next try) even when others fail; the
+    task then fails with a summary of what failed.
+
+    A request whose answer is lost (read timeout, dropped connection, gateway 502/504) may
+    have been billed: it is reported as "outcome unknown" and not sent again, by this try or
+    a later one, unless the connection or ``hook_params`` set ``retry_unknown_outcome``.
+
+    When stopped (execution timeout, "mark failed" or "clear" in the UI, which calls
+    :meth:`on_kill`), the task sends nothing more, gives requests in flight a few seconds to
+    answer and be recorded, and ends.
 
     :param prompt: one prompt or a list of prompts (templated; ``.txt``/``.j2`` files are
-        rendered as templates). An item may also be a mapping with ``prompt`` and any
-        generation field (or ``image``) that applies to that prompt alone.
+        rendered as templates). An item may also be a mapping with ``prompt``, an optional
+        ``key`` and any generation field (or ``image``) that applies to that prompt alone.
     :param s3_bucket: the bucket the images go to (templated).
-    :param s3_prefix: the key prefix (templated). A mapped task instance adds ``map-<index>/``
-        unless ``prompt_index_offset`` places its prompts.
+    :param s3_prefix: the key prefix (templated). A mapped task instance puts its prompts
+        without ``key`` under ``map-<index>/`` unless ``prompt_index_offset`` places them.
     :param aws_conn_id: the AWS connection; its ``endpoint_url`` extra selects any S3-compatible store.
     :param seedream_conn_id: the Seedream connection.
     :param model: the model id (templated); defaults to the connection's.
@@ -64,7 +78,8 @@ class SeedreamToS3Operator(BaseOperator):
     :param guidance_scale: 1.0 to 10.0 (3.0 models).
     :param seed: -1 to 2147483647 (3.0 models).
     :param sequential_image_generation: ``auto`` for a group of images per prompt, or ``disabled``.
-    :param sequential_image_generation_options: e.g. ``{"max_images": 4}``.
+    :param sequential_image_generation_options: e.g. ``{"max_images": 4}``; ``max_images`` is
+        required in group mode (the service would otherwise make up to 15 images per prompt).
     :param output_format: ``png`` or ``jpeg``.
     :param optimize_prompt_options: e.g. ``{"mode": "standard"}``.
     :param tools: e.g. ``[{"type": "web_search"}]``.
@@ -76,7 +91,11 @@ class SeedreamToS3Operator(BaseOperator):
     :param reference_transport: how local and ``s3://`` references are sent: ``data_uri`` or
         ``presigned_url`` (the service must then reach the S3 endpoint).
     :param prompt_index_offset: added to each prompt's position to form its index and key.
-    :param hook_params: extra arguments for :class:`SeedreamHook` (timeouts, retries).
+    :param max_billed_images: the most images one try of the task may pay for, requests in
+        flight included (each reserves ``max_images`` in group mode, else one). When reached,
+        nothing more is sent, what was paid for is stored, and the task fails without retry.
+    :param hook_params: extra arguments for :class:`SeedreamHook` (timeouts, retries,
+        ``retry_unknown_outcome``).
     """
 
     template_fields: Sequence[str] = ("prompt", "s3_bucket", "s3_prefix", "model", "size", "image", "extra_parameters")
@@ -110,6 +129,7 @@ class SeedreamToS3Operator(BaseOperator):
         max_concurrency: int = 8,
         reference_transport: str = "data_uri",
         prompt_index_offset: int | None = None,
+        max_billed_images: int | None = None,
         hook_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -137,7 +157,9 @@ class SeedreamToS3Operator(BaseOperator):
         self.max_concurrency = max_concurrency
         self.reference_transport = reference_transport
         self.prompt_index_offset = prompt_index_offset
+        self.max_billed_images = max_billed_images
         self.hook_params = hook_params or {}
+        self._runner: BatchRunner | None = None
 
     @cached_property
     def hook(self) -> SeedreamHook:
@@ -161,7 +183,8 @@ class SeedreamToS3Operator(BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from airflow.sdk.exceptions import AirflowFailException
-        from airflow_provider_seedream.batch import BatchError, BatchRunner
+        from airflow_provider_seedream.batch import BatchError, BatchInterrupted, BatchRunner
+        from airflow_provider_seedream.references import check_references
         from airflow_provider_seedream.storage import ImageStore, StorageError
 
         try:
@@ -170,8 +193,10 @@ class SeedreamToS3Operator(BaseOperator):
             self._check_arguments()
             self._check_connections()
             client = self.s3_hook.conn
-            store = ImageStore(client, self.s3_bucket, self._key_prefix(context))
-            jobs = [self._job(position, item, client) for position, item in enumerate(items)]
+            store = ImageStore(client, self.s3_bucket, self.s3_prefix, run_id=self._run_id(context))
+            shared = check_references(self.image, client, "image")  # read once for every prompt
+            jobs = [self._job(position, item, client, shared, context) for position, item in enumerate(items)]
+            self._check_stems(jobs)
             store.check_bucket()
         except SeedreamValidationError as error:
             raise AirflowFailException(str(error)) from error
@@ -186,7 +211,7 @@ class SeedreamToS3Operator(BaseOperator):
             store.prefix,
             self.max_concurrency,
         )
-        runner = BatchRunner(
+        self._runner = BatchRunner(
             self.hook,
             store,
             s3_client=client,
@@ -194,9 +219,12 @@ class SeedreamToS3Operator(BaseOperator):
             replace=self.replace,
             max_concurrency=self.max_concurrency,
             log=self.log,
+            max_billed_images=self.max_billed_images,
         )
         try:
-            report = runner.run(jobs)
+            report = self._runner.run(jobs)
+        except BatchInterrupted as stopped:
+            raise AirflowFailException(f"stopped by on_kill: {stopped}") from None
         finally:
             self.hook.close()
         self._record_asset_events(context, report, store.prefix)
@@ -212,6 +240,50 @@ class SeedreamToS3Operator(BaseOperator):
             report.billed_images,
         )
         return report.records
+
+    def on_kill(self) -> None:
+        """Stop spending at once: nothing more is sent, and what was paid for is stored or recorded."""
+        if self._runner is not None:
+            self._runner.stop("the task was killed (on_kill)", interrupt=True)
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        """Render the templated fields; a template that cannot render fails the task without retries."""
+        from jinja2 import TemplateError
+
+        from airflow.sdk.exceptions import AirflowFailException
+
+        try:
+            super().render_template_fields(context, jinja_env)
+        except TemplateError as error:
+            raise AirflowFailException(f"template: {type(error).__name__}: {error}") from error
+
+    def render_template(self, content: Any, context: Context, jinja_env: Any = None, seen_oids: set[int] | None = None) -> Any:
+        """Render like any operator, except that prompt text ending in ``.txt`` is text, not a file name."""
+        if _is_prompt_text(content, self.template_ext):
+            env = jinja_env or self.get_template_env()
+            return self._render(env.from_string(content), context)
+        return super().render_template(content, context, jinja_env, seen_oids)
+
+    def resolve_template_files(self) -> None:
+        """Read template files for the fields that name one; prompt text ending in ``.txt`` stays text."""
+        for name in self.template_fields:
+            value = getattr(self, name, None)
+            if isinstance(value, list):
+                setattr(self, name, [self._template_source(item) for item in value])
+            elif isinstance(value, str):
+                setattr(self, name, self._template_source(value))
+        self.prepare_template()
+
+    def _template_source(self, value: Any) -> Any:
+        ext = tuple(self.template_ext)
+        if not isinstance(value, str) or not value.endswith(ext) or _is_prompt_text(value, ext):
+            return value
+        env = self.get_template_env()
+        try:
+            return env.loader.get_source(env, value)[0]  # type: ignore[union-attr]
+        except Exception:
+            self.log.exception("Failed to read the template file %r", value)
+            return value
 
     # -- checks done before any request is sent ----------------------------------------------
 
@@ -249,6 +321,11 @@ class SeedreamToS3Operator(BaseOperator):
             raise SeedreamValidationError(
                 "reference_transport", f"must be one of {', '.join(TRANSPORTS)}; got {self.reference_transport!r}"
             )
+        budget = self.max_billed_images
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise SeedreamValidationError(
+                "max_billed_images", f"must be a whole number of images of at least 1, or None; got {budget!r}"
+            )
         if not isinstance(self.extra_parameters, Mapping):
             raise SeedreamValidationError("extra_parameters", "must be a mapping of request fields")
 
@@ -270,18 +347,22 @@ class SeedreamToS3Operator(BaseOperator):
                     "aws_conn_id", f"connection {self.aws_conn_id!r} is not defined; create an 'aws' connection"
                 ) from None
 
-    def _job(self, position: int, item: dict[str, Any], client: Any) -> PromptJob:
+    def _job(
+        self, position: int, item: dict[str, Any], client: Any, shared: list[Reference], context: Context
+    ) -> PromptJob:
         from airflow_provider_seedream.batch import PromptJob, fingerprint
         from airflow_provider_seedream.references import check_references
-        from airflow_provider_seedream.storage import image_extension
+        from airflow_provider_seedream.storage import check_stem, image_extension
+        from airflow_provider_seedream.validation import requested_image_count
 
         index = (self.prompt_index_offset or 0) + position
         parameters: dict[str, Any] = {name: getattr(self, name) for name in GENERATION_FIELDS}
         parameters.update(self.extra_parameters)
-        parameters.update({key: value for key, value in item.items() if key not in ("prompt", "image", "extra_parameters")})
+        parameters.update(
+            {key: value for key, value in item.items() if key not in ("prompt", "image", "extra_parameters", "key")}
+        )
         parameters.update(item.get("extra_parameters") or {})
-        field = "image" if "image" not in item else f"prompt[{position}].image"
-        references: list[Reference] = check_references(item.get("image", self.image), client, field)
+        references = check_references(item["image"], client, f"prompt[{position}].image") if "image" in item else shared
         if references:
             # Validate the count and form now; local and s3:// images are read when the prompt is sent.
             parameters["image"] = [
@@ -292,6 +373,21 @@ class SeedreamToS3Operator(BaseOperator):
             body = self.hook.build_request(item["prompt"], **parameters)
         except SeedreamValidationError as error:
             raise SeedreamValidationError(error.field, f"{error.message} (prompt {index})") from None
+        if body.get("sequential_image_generation") == "auto" and "max_images" not in (
+            body.get("sequential_image_generation_options") or {}
+        ):
+            raise SeedreamValidationError(
+                "sequential_image_generation_options.max_images",
+                f"is required when sequential_image_generation is 'auto': 1 to 15 images per prompt; without it "
+                f"the service may make and bill up to 15 (prompt {index})",
+            )
+        if "key" in item:
+            stem = item["key"]
+            problem = check_stem(stem) if isinstance(stem, str) else "must be a string"
+            if problem:
+                raise SeedreamValidationError(f"prompt[{position}].key", f"{problem}; got {stem!r}")
+        else:
+            stem = self._map_folder(context) + f"{index:05d}"
         body.pop("image", None)
         return PromptJob(
             index=index,
@@ -300,14 +396,32 @@ class SeedreamToS3Operator(BaseOperator):
             references=references,
             fingerprint=fingerprint(body, references),
             extension=image_extension(body.get("output_format"), str(body.get("model"))),
+            stem=stem,
+            requested_images=requested_image_count(body),
         )
 
-    def _key_prefix(self, context: Context) -> str:
-        prefix = self.s3_prefix.strip("/")
+    @staticmethod
+    def _check_stems(jobs: list[PromptJob]) -> None:
+        seen: dict[str, int] = {}
+        for position, job in enumerate(jobs):
+            if job.stem in seen:
+                raise SeedreamValidationError(
+                    f"prompt[{position}].key",
+                    f"{job.stem!r} is also the key of prompt[{seen[job.stem]}]; keys must be unique within the task",
+                )
+            seen[job.stem] = position
+
+    def _map_folder(self, context: Context) -> str:
+        """A mapped task instance without ``prompt_index_offset`` keeps its unkeyed images apart."""
         map_index = getattr(context.get("ti"), "map_index", -1)
         if map_index is not None and map_index >= 0 and self.prompt_index_offset is None:
-            return f"{prefix}/map-{map_index:05d}" if prefix else f"map-{map_index:05d}"
-        return prefix
+            return f"map-{map_index:05d}/"
+        return ""
+
+    @staticmethod
+    def _run_id(context: Context) -> str | None:
+        dag_run = context.get("dag_run")
+        return getattr(dag_run, "run_id", None) or context.get("run_id")
 
     def _record_asset_events(self, context: Context, report: BatchReport, prefix: str) -> None:
         """Attach what was stored to the asset events of the task's outlets."""
@@ -323,8 +437,18 @@ class SeedreamToS3Operator(BaseOperator):
             "generated": report.generated,
             "reused": report.reused,
             "failed": len(report.failures),
-            "keys": [record["key"] for record in report.records[:1000]],
-            "prompts": sorted({record["prompt"] for record in report.records})[:100],
+            # Parallel lists: keys[i] was made from prompts[i].
+            "keys": [record["key"] for record in report.records[:ASSET_EXTRA_LIMIT]],
+            "prompts": [record["prompt"] for record in report.records[:ASSET_EXTRA_LIMIT]],
+            "truncated": len(report.records) > ASSET_EXTRA_LIMIT,
         }
         for outlet in outlets:
             context["outlet_events"][outlet].extra.update(extra)
+
+
+def _is_prompt_text(value: Any, template_ext: Sequence[str]) -> bool:
+    """Whether a string ending in a template extension is prompt text rather than a file name.
+
+    A file name has no whitespace; "a poster titled notes.txt" is a prompt.
+    """
+    return isinstance(value, str) and value.endswith(tuple(template_ext)) and any(ch.isspace() for ch in value)

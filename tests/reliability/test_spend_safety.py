@@ -1,0 +1,402 @@
+"""Never hang while paying, never pay twice, never past a budget.
+
+The operator runs against the emulator over real HTTP and moto's S3 server. Most tests call
+``execute`` with a small context (as Airflow's task runner does); the interruption tests use
+Airflow's own execution-timeout machinery and a real ``airflow dags test`` process that is
+sent SIGTERM.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from airflow.sdk.exceptions import AirflowFailException
+from airflow_provider_seedream.batch import BatchError
+from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
+from tests.conftest import API_KEY, FIGURES
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+FAST = {"retry_min_wait": 0.01, "retry_max_wait": 0.05, "max_retries": 3, "timeout": 60.0}
+PATIENCE = 60.0
+
+
+def operator(bucket: str, prompts: Any, **kwargs: Any) -> SeedreamToS3Operator:
+    arguments = {
+        "task_id": "generate",
+        "prompt": prompts,
+        "s3_bucket": bucket,
+        "s3_prefix": "p",
+        "size": "1K",
+        "max_concurrency": 4,
+        "hook_params": dict(FAST),
+    }
+    arguments.update(kwargs)
+    return SeedreamToS3Operator(**arguments)
+
+
+def execute(op: SeedreamToS3Operator, run_id: str = "run-1") -> list[dict[str, Any]]:
+    return op.execute({"ti": SimpleNamespace(map_index=-1), "dag_run": SimpleNamespace(run_id=run_id)})
+
+
+def objects(s3_client, bucket: str, prefix: str = "p/") -> dict[str, bytes]:
+    found = {}
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            found[item["Key"]] = s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    return found
+
+
+def images(s3_client, bucket: str, prefix: str = "p/") -> list[str]:
+    return sorted(key for key in objects(s3_client, bucket, prefix) if "/_pending/" not in key)
+
+
+def records(s3_client, bucket: str, prefix: str = "p/") -> dict[str, dict[str, Any]]:
+    return {
+        key.rpartition("/_pending/")[2].removesuffix(".json"): json.loads(body)
+        for key, body in objects(s3_client, bucket, prefix).items()
+        if "/_pending/" in key
+    }
+
+
+def settled(emulator, timeout: float = PATIENCE) -> dict[str, Any]:
+    """The emulator's counters once every request it received is fully handled and no more arrive."""
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        stats = emulator.stats()
+        key = (stats["generation_requests"], stats["images_generated"])
+        if stats["generation_in_flight"] == 0 and key == previous:
+            return stats
+        previous = key
+        time.sleep(0.3)
+    raise AssertionError(f"the emulator kept receiving requests for {timeout} s")
+
+
+def accounted(emulator, s3_client, bucket: str, prefix: str = "p/") -> tuple[int, int, int, int]:
+    """Billed images, and where each went: stored, recorded with a link, or recorded as unknown."""
+    stats = settled(emulator)
+    pending = records(s3_client, bucket, prefix)
+    linked = sum(len(record.get("images") or []) for record in pending.values())
+    unknown = sum(record["requested_images"] for record in pending.values() if record["status"] == "unknown")
+    return stats["images_generated"], len(images(s3_client, bucket, prefix)), linked, unknown
+
+
+# -- interruption --------------------------------------------------------------------------------
+
+
+def test_execution_timeout_stops_sending_at_once_and_keeps_what_was_paid(seedream_emulator, s3_client, bucket):
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow.sdk.execution_time.timeout import timeout
+
+    seedream_emulator.configure(latency=0.5)
+    op = operator(bucket, [f"a slow mosaic {n}" for n in range(200)])
+    started = time.monotonic()
+    with pytest.raises(AirflowTaskTimeout):
+        with timeout(2):  # what the task runner wraps execute in for execution_timeout
+            execute(op)
+    ended = time.monotonic() - started
+    at_end = seedream_emulator.stats()["generation_requests"]
+    billed, stored, linked, unknown = accounted(seedream_emulator, s3_client, bucket)
+    sent = seedream_emulator.stats()["generation_requests"]
+
+    assert ended < 2 + 3 + 5, "the task ends within seconds of its timeout (the whole batch takes 25 s)"
+    assert sent == at_end, "no request is sent once the task has ended"
+    assert sent <= 4 * (2 / 0.5) + 8, "nothing is sent after the timeout"
+    assert billed == stored + linked + unknown, "every paid image is stored or recorded"
+    assert unknown == 0, "requests in flight answered within the grace and were kept"
+    FIGURES.append("execution timeout: " + json.dumps({"seconds": round(ended, 1), "sent": sent, "billed": billed, "stored": stored, "recorded": linked}))
+
+
+def test_sigterm_to_a_real_task_process_stops_it_within_seconds(seedream_emulator, s3_client, bucket):
+    seedream_emulator.configure(latency=0.5)
+    prompts = [f"a mosaic stopped by SIGTERM {n}" for n in range(200)]
+    command = [
+        str(Path(sys.executable).with_name("airflow")), "dags", "test", "seedream_test_faults",
+        "-c", json.dumps({"prompts": prompts, "bucket": bucket, "prefix": "p"}),
+    ]
+    task = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while seedream_emulator.stats()["images_generated"] < 16:
+            assert task.poll() is None, "the task ended before it could be stopped"
+            assert time.monotonic() < deadline, "the task made no progress"
+            time.sleep(0.05)
+        task.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        output, _ = task.communicate(timeout=60)
+        stopped_after = time.monotonic() - signalled
+    finally:
+        if task.poll() is None:
+            task.kill()
+    at_end = seedream_emulator.stats()["generation_requests"]
+    billed, stored, linked, unknown = accounted(seedream_emulator, s3_client, bucket)
+
+    assert "the task was killed (on_kill)" in output, output[-3000:]
+    assert stopped_after < 15, "the task stops within seconds (the rest of the batch takes over 20 s)"
+    assert seedream_emulator.stats()["generation_requests"] == at_end < len(prompts)
+    assert billed == stored + linked + unknown, "every paid image is stored or recorded"
+    FIGURES.append("SIGTERM: " + json.dumps({"seconds": round(stopped_after, 1), "sent": at_end, "billed": billed, "stored": stored, "recorded": linked}))
+
+
+# -- outcomes that are unknown -------------------------------------------------------------------
+
+
+def test_an_unknown_outcome_is_recorded_and_never_sent_again_unasked(seedream_emulator, s3_client, bucket):
+    prompts = [f"a lantern {n}" for n in range(6)]
+    seedream_emulator.configure(script=["ok", "502", "ok", "reset", "ok", "504"])
+    with pytest.raises(AirflowFailException, match=r"3 outcome\(s\) unknown") as raised:
+        execute(operator(bucket, prompts, max_concurrency=1))
+    assert "prompt 1: outcome unknown, may have been billed" in str(raised.value)
+    stats = settled(seedream_emulator)
+    assert stats["generation_requests"] == 6, "no lost answer was sent again"
+    assert stats["images_generated"] == 6 and stats["billed_unanswered"] == 3
+    assert images(s3_client, bucket) == ["p/00000-00.jpg", "p/00002-00.jpg", "p/00004-00.jpg"]
+    assert {stem: record["status"] for stem, record in records(s3_client, bucket).items()} == dict.fromkeys(
+        ["00001", "00003", "00005"], "unknown"
+    )
+
+    # A rerun (or a task retry) does not send them either.
+    with pytest.raises(AirflowFailException, match="earlier try sent it and its answer was lost"):
+        execute(operator(bucket, prompts, max_concurrency=1), run_id="run-2")
+    assert settled(seedream_emulator)["generation_requests"] == 6
+
+    # Asked to, it sends them again: they are paid for twice, by choice.
+    hook_params = {**FAST, "retry_unknown_outcome": True}
+    stored = execute(operator(bucket, prompts, max_concurrency=1, hook_params=hook_params), run_id="run-3")
+    assert settled(seedream_emulator)["generation_requests"] == 9
+    assert len(stored) == 6 and records(s3_client, bucket) == {}
+
+
+def test_a_dropped_answer_keeps_the_images_that_did_arrive(seedream_emulator, s3_client, bucket):
+    # Emulates a gateway cutting a group's answer: only the items before the cut arrive.
+    seedream_emulator.configure(script=["reset"])
+    op = operator(
+        bucket, ["a set of four tiles"], sequential_image_generation="auto",
+        sequential_image_generation_options={"max_images": 4},
+    )
+    with pytest.raises(AirflowFailException, match="outcome unknown"):
+        execute(op)
+    [record] = records(s3_client, bucket).values()
+    assert record["status"] == "unknown" and record["requested_images"] == 4
+    assert settled(seedream_emulator)["generation_requests"] == 1
+
+
+# -- exact reuse, stable keys, replace once per run ----------------------------------------------
+
+
+def test_a_format_switch_regenerates_once_and_stray_objects_change_nothing(seedream_emulator, s3_client, bucket):
+    prompts = ["a teapot", "a kettle"]
+    execute(operator(bucket, prompts, output_format="jpeg"))
+    s3_client.put_object(Bucket=bucket, Key="p/00000-00.aaa", Body=b"not ours")
+    s3_client.put_object(Bucket=bucket, Key="p/00001-07.jpg", Body=b"not ours either")
+    seedream_emulator.reset()
+    assert len(execute(operator(bucket, prompts, output_format="jpeg"))) == 2
+    assert seedream_emulator.stats()["generation_requests"] == 0, "stray objects under the prefix force nothing"
+
+    execute(operator(bucket, prompts, output_format="png"))
+    assert seedream_emulator.stats()["generation_requests"] == 2, "the new format is generated once"
+    for _ in range(2):
+        records_ = execute(operator(bucket, prompts, output_format="png"))
+        assert [record["key"] for record in records_] == ["p/00000-00.png", "p/00001-00.png"]
+    assert seedream_emulator.stats()["generation_requests"] == 2, "then reruns cost nothing"
+
+
+def test_keyed_prompts_land_at_their_key_wherever_they_sit(seedream_emulator, s3_client, bucket):
+    first = [{"prompt": "a red chair", "key": "chairs/SKU-1"}, {"prompt": "a blue lamp", "key": "SKU-2"}]
+    execute(operator(bucket, first))
+    assert images(s3_client, bucket) == ["p/SKU-2-00.jpg", "p/chairs/SKU-1-00.jpg"]
+    seedream_emulator.reset()
+    moved = [{"prompt": "a green rug", "key": "SKU-3"}, "an unkeyed vase", *reversed(first)]
+    stored = execute(operator(bucket, moved))
+    assert seedream_emulator.stats()["generation_requests"] == 2, "only the new prompts are paid for"
+    assert [(record["prompt"], record["key"], record["prompt_index"]) for record in stored] == [
+        ("a green rug", "p/SKU-3-00.jpg", 0),
+        ("an unkeyed vase", "p/00001-00.jpg", 1),
+        ("a blue lamp", "p/SKU-2-00.jpg", 2),
+        ("a red chair", "p/chairs/SKU-1-00.jpg", 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [
+        ([{"prompt": "a", "key": "../escape"}], r"prompt\[0\]\.key: must be relative to s3_prefix"),
+        ([{"prompt": "a", "key": "/abs"}], r"prompt\[0\]\.key: must be relative to s3_prefix"),
+        ([{"prompt": "a", "key": "a b"}], r"prompt\[0\]\.key: may hold only letters"),
+        ([{"prompt": "a", "key": "_pending/x"}], r"prompt\[0\]\.key: must not start with _pending/"),
+        ([{"prompt": "a", "key": 7}], r"prompt\[0\]\.key: must be a string"),
+        ([{"prompt": "a", "key": "x"}, {"prompt": "b", "key": "x"}], r"prompt\[1\]\.key: 'x' is also the key of prompt\[0\]"),
+        (["a", {"prompt": "b", "key": "00000"}], r"prompt\[1\]\.key: '00000' is also the key of prompt\[0\]"),
+    ],
+)
+def test_bad_keys_are_refused_before_any_request(seedream_emulator, bucket, prompts, message):
+    with pytest.raises(AirflowFailException, match=message):
+        execute(operator(bucket, prompts))
+    assert seedream_emulator.stats()["generation_requests"] == 0
+
+
+def test_replace_replaces_once_per_dag_run_however_many_tries(seedream_emulator, s3_client, bucket):
+    prompts = ["a pear", "a plum", "a fig"]
+    execute(operator(bucket, prompts))
+    seedream_emulator.reset()
+    # The first try of a replacing run fails half-way (the service refuses the last prompt's requests).
+    seedream_emulator.configure(script=["ok", "ok", "500", "500", "500", "500"])
+    with pytest.raises(BatchError):
+        execute(operator(bucket, prompts, replace=True, max_concurrency=1), run_id="replace-run")
+    assert seedream_emulator.stats()["generation_requests"] == 6
+    # Its retry replaces only what the first try did not.
+    execute(operator(bucket, prompts, replace=True, max_concurrency=1), run_id="replace-run")
+    assert seedream_emulator.stats()["generation_requests"] == 7
+    execute(operator(bucket, prompts, replace=True, max_concurrency=1), run_id="replace-run")
+    assert seedream_emulator.stats()["generation_requests"] == 7
+    # The next run replaces everything again.
+    execute(operator(bucket, prompts, replace=True), run_id="next-run")
+    assert seedream_emulator.stats()["generation_requests"] == 10
+
+
+# -- budget and plan -------------------------------------------------------------------------
+
+
+def test_the_budget_stops_the_batch_and_stores_what_was_paid(seedream_emulator, s3_client, bucket, capfd):
+    prompts = [f"a budget poster {n}" for n in range(10)]
+    with pytest.raises(AirflowFailException) as raised:
+        execute(operator(bucket, prompts, max_concurrency=3, max_billed_images=4))
+    message = str(raised.value)
+    assert "max_billed_images=4 reached" in message and "Prompts not sent: " in message
+    stats = settled(seedream_emulator)
+    assert stats["images_generated"] == 4, "exactly the budget is spent"
+    assert len(images(s3_client, bucket)) == 4 and records(s3_client, bucket) == {}
+    not_sent = message.split("Prompts not sent: ")[1].splitlines()[0].split(", ")
+    assert len(not_sent) == 6
+    output = capfd.readouterr()
+    assert "Plan: 10 prompt(s): 0 already stored" in output.out + output.err
+    assert "at most 4 image(s) may be paid for (max_billed_images 4)" in output.out + output.err
+
+
+def test_a_group_reserves_its_max_images_against_the_budget(seedream_emulator, s3_client, bucket):
+    group = {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}
+    with pytest.raises(AirflowFailException, match="max_billed_images=5 reached"):
+        execute(operator(bucket, ["a comic strip", "a storyboard"], max_billed_images=5, max_concurrency=2, **group))
+    stats = settled(seedream_emulator)
+    assert stats["generation_requests"] == 1 and stats["images_generated"] == 3
+
+
+def test_group_mode_needs_an_explicit_max_images(seedream_emulator, bucket):
+    with pytest.raises(AirflowFailException, match=r"sequential_image_generation_options\.max_images: is required"):
+        execute(operator(bucket, ["a comic strip"], sequential_image_generation="auto"))
+    assert seedream_emulator.stats()["generation_requests"] == 0
+
+
+@pytest.mark.parametrize("budget", [0, -1, 2.5, True])
+def test_a_budget_that_cannot_work_is_refused(seedream_emulator, bucket, budget):
+    with pytest.raises(AirflowFailException, match="max_billed_images: must be a whole number of images of at least 1"):
+        execute(operator(bucket, ["a kite"], max_billed_images=budget))
+    assert seedream_emulator.stats()["generation_requests"] == 0
+
+
+# -- errors that stop the batch, or only one prompt --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("knobs", "reason"),
+    [({"quota_exceeded": True}, "HTTP 429 QuotaExceeded"), ({"api_key": "another-key"}, "HTTP 401 AuthenticationError")],
+)
+def test_an_account_error_stops_the_batch_before_the_other_prompts(seedream_emulator, bucket, knobs, reason):
+    seedream_emulator.configure(**knobs)
+    with pytest.raises(AirflowFailException) as raised:
+        execute(operator(bucket, [f"a kite {n}" for n in range(8)], max_concurrency=1))
+    assert f"The batch stopped: the service answered {reason}" in str(raised.value)
+    assert "Prompts not sent: 1, 2, 3, 4, 5, 6, 7" in str(raised.value)
+    assert settled(seedream_emulator)["generation_requests"] == 1
+
+
+def test_a_missing_model_for_one_prompt_stops_only_the_prompts_of_that_model(seedream_emulator, s3_client, bucket):
+    prompts = [
+        "a kite",
+        {"prompt": "a kite by another model", "model": "missing-model-1"},
+        {"prompt": "another kite by that model", "model": "missing-model-1"},
+        "a boat",
+        "a plane",
+    ]
+    with pytest.raises(AirflowFailException) as raised:
+        execute(operator(bucket, prompts, max_concurrency=1))
+    assert "prompt 1: generation failed: InvalidEndpointOrModel.NotFound" in str(raised.value)
+    assert "Prompts not sent: 2" in str(raised.value)
+    assert images(s3_client, bucket) == ["p/00000-00.jpg", "p/00003-00.jpg", "p/00004-00.jpg"]
+    assert settled(seedream_emulator)["generation_requests"] == 4
+
+
+def test_an_answer_with_no_image_is_a_failure_not_a_success(bucket, monkeypatch):
+    class Empty(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"created": 1, "model": "m", "data": [], "usage": {"generated_images": 0}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Empty)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = {"conn_type": "seedream", "host": f"http://127.0.0.1:{server.server_address[1]}", "password": API_KEY}
+        monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_EMPTY", json.dumps(conn))
+        with pytest.raises(BatchError, match="EmptyAnswer: the endpoint answered 200 with no image"):
+            execute(operator(bucket, ["a kite"], seedream_conn_id="seedream_empty"))
+    finally:
+        server.shutdown()
+
+
+# -- b64_json, references, prompt text -----------------------------------------------------------
+
+
+def test_b64_answers_are_stored_before_the_slot_is_freed(seedream_emulator, s3_client, bucket):
+    stored = execute(operator(bucket, [f"a b64 tile {n}" for n in range(6)], response_format="b64_json"))
+    served = {image["sha256"] for image in seedream_emulator.images()}
+    assert {record["sha256"] for record in stored} == served and len(served) == 6
+    assert records(s3_client, bucket) == {}
+
+
+def test_an_operator_level_reference_is_read_once_per_batch(seedream_emulator, s3_server, s3_client, bucket):
+    import boto3
+
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    s3_client.put_object(Bucket=bucket, Key="ref/photo.jpg", Body=(Path(__file__).parents[2] / "data/photos/mug.jpg").read_bytes())
+    calls: list[str] = []
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    for name in ("HeadObject", "GetObject"):
+        client.meta.events.register(
+            f"provide-client-params.s3.{name}",
+            lambda params, model, **_: calls.append(model.name) if params.get("Key") == "ref/photo.jpg" else None,
+        )
+    op = operator(bucket, [f"the mug on a shelf {n}" for n in range(12)], image=f"s3://{bucket}/ref/photo.jpg")
+    hook = S3Hook(aws_conn_id="aws_default")
+    hook.__dict__["conn"] = client
+    op.__dict__["s3_hook"] = hook
+    assert len(execute(op)) == 12
+    assert sorted(calls) == ["GetObject", "HeadObject"], "checked once and read once for 12 prompts"
+    assert seedream_emulator.stats()["references"] == 12
+
+
+def test_prompt_text_ending_in_txt_is_text_not_a_template_file(bucket):
+    op = operator(bucket, ["a poster titled notes.txt", "{{ params.word }} in a file called draft.j2"])
+    op.render_template_fields({"params": {"word": "rain"}})
+    assert op.prompt == ["a poster titled notes.txt", "rain in a file called draft.j2"]
