@@ -29,8 +29,11 @@ AWS_CONN_ID = os.environ.get("SEEDREAM_AWS_CONN_ID", "aws_default")
 # Task-level retries; the hook already retries rate limits, 5xx and broken connections itself.
 TASK_RETRIES = int(os.environ.get("SEEDREAM_TASK_RETRIES", "2"))
 BANNERS = Asset(f"s3://{BUCKET}/banners", extra={"producer": "seedream_daily_banner"})
-# The run's date; a run triggered without a logical date falls back to when it was due.
-RUN_DATE = "{{ (logical_date or dag_run.run_after) | ds }}"
+# The run's date: its logical date when it has one (scheduled runs, backfills), else the time it
+# was triggered. A run triggered from the UI or the REST API has no logical date, and its
+# template context then has no ``logical_date`` at all (not even None): templates are strict,
+# so only a filter that accepts an undefined value, such as ``default``, may look at it.
+RUN_DATE = "{{ (logical_date | default(dag_run.run_after)) | ds }}"
 LATEST_INDEX = "banners/latest.json"
 
 with DAG(

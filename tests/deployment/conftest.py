@@ -1,0 +1,165 @@
+"""The real-deployment tier: one Airflow deployment per session, its services beside it.
+
+The session's :class:`Tier` starts, each as a process: two emulators (one for the example
+DAGs, one of its own for the interruption tests, so that their counters do not mix), moto's
+S3 server, and Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer
+with a SQLite database in an Airflow home of their own. Connections and the pool are then
+created through the REST API, as a user does in the UI: the ``seedream`` connections carry
+exactly the extras the UI's connection form saves, empty ones as ``null``.
+
+When a test of this tier fails, the report ends with the tail of every component's output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import FIGURES, ROOT
+from tests.deployment.airflow_deployment import AirflowDeployment, wait_for
+
+HERE = Path(__file__).resolve().parent
+BUCKET = "seedream-deploy"
+REGION = "us-east-1"
+EXAMPLE_DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
+TEST_DAG_FILES = sorted((HERE / "dags").glob("*.py"))
+EXAMPLE_DAGS = ("seedream_daily_banner", "seedream_publish_banners", "seedream_catalog_batch", "seedream_image_variants")
+INTERRUPTION_DAGS = ("seedream_interrupt_timeout", "seedream_interrupt_mark_failed")
+#: What the UI's Add Connection form saves for a ``seedream`` connection whose extra fields are left empty.
+UI_FORM_EXTRAS: dict[str, Any] = {"model": None, "endpoint_path": None, "timeout": None, "max_retries": None}
+
+
+@dataclass
+class Tier:
+    """The running deployment and the services it talks to."""
+
+    airflow: AirflowDeployment
+    emulator: Any  # EmulatorClient of the example DAGs' emulator
+    interrupt_emulator: Any  # EmulatorClient of the interruption tests' emulator
+    s3_url: str
+    bucket: str
+    servers: list[Any] = field(default_factory=list)
+    started_in: float = 0.0
+
+    @property
+    def rest(self):
+        return self.airflow.rest
+
+    def s3(self) -> Any:
+        """A boto3 client of moto's S3 server."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def read(self, key: str) -> bytes:
+        return self.s3().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def explain(self, dag_id: str, run_id: str) -> str:
+        """A failed run's task states and logs, and the components' output."""
+        return self.airflow.explain_run(dag_id, run_id) + "\n" + self.airflow.component_logs(3000)
+
+
+def _start_services(tier_servers: list[Any]) -> tuple[Any, Any, Any]:
+    from benchmarks.servers import start_emulator, start_moto
+
+    emulator = start_emulator(0.0)
+    tier_servers.append(emulator)
+    interrupt_emulator = start_emulator(0.0)
+    tier_servers.append(interrupt_emulator)
+    moto = start_moto()
+    tier_servers.append(moto)
+    return emulator, interrupt_emulator, moto
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
+    """The deployment, started once per session; connections and pool made through the REST API."""
+    from airflow_provider_seedream.emulator.client import EmulatorClient
+    from benchmarks.servers import API_KEY
+
+    started = time.monotonic()
+    servers: list[Any] = []
+    airflow: AirflowDeployment | None = None
+    try:
+        emulator, interrupt_emulator, moto = _start_services(servers)
+        airflow = AirflowDeployment(
+            tmp_path_factory.mktemp("deployment-home"),
+            [*EXAMPLE_DAG_FILES, *TEST_DAG_FILES],
+            env={"SEEDREAM_BUCKET": BUCKET},
+        )
+        tier = Tier(
+            airflow=airflow,
+            emulator=EmulatorClient(emulator.url),
+            interrupt_emulator=EmulatorClient(interrupt_emulator.url),
+            s3_url=moto.url,
+            bucket=BUCKET,
+            servers=servers,
+        )
+        tier.s3().create_bucket(Bucket=BUCKET)
+        airflow.start()
+        rest = airflow.rest
+        wanted = (*EXAMPLE_DAGS, *INTERRUPTION_DAGS)
+        wait_for(
+            lambda: rest.import_errors() or all(rest.dag(dag_id) for dag_id in wanted),
+            180,
+            "the dag-processor parses every DAG",
+            explain=airflow.component_logs,
+        )
+        errors = rest.import_errors()
+        assert not errors, json.dumps(errors, indent=2)
+
+        for conn_id, url in (("seedream_default", emulator.url), ("seedream_interrupt", interrupt_emulator.url)):
+            rest.create_connection(conn_id, "seedream", UI_FORM_EXTRAS, host=url, password=API_KEY)
+        rest.create_connection(
+            "aws_default",
+            "aws",
+            {"endpoint_url": moto.url, "region_name": REGION},
+            login="testing",
+            password="testing",
+        )
+        rest.create_pool("seedream_api", 4, "Seedream generation")
+        tier.started_in = time.monotonic() - started
+        FIGURES.append(f"deployment tier: services and Airflow components started in {tier.started_in:.1f} s")
+    except BaseException:
+        if airflow is not None:
+            print(airflow.component_logs())
+            airflow.stop()
+        for server in servers:
+            print(f"--- {server.name} ---\n{server.output()}")
+            server.stop()
+        raise
+    try:
+        yield tier
+    finally:
+        airflow.stop()
+        for server in servers:
+            server.stop()
+        FIGURES.append(f"deployment tier: {time.monotonic() - started:.0f} s from start-up to shut-down")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    """Append the components' output to the report of a failed test of this tier."""
+    outcome = yield
+    report = outcome.get_result()
+    tier = getattr(item, "funcargs", {}).get("deployment")
+    if report.failed and isinstance(tier, Tier):
+        report.sections.append(("Airflow components", tier.airflow.component_logs()))
+        for server in tier.servers:
+            report.sections.append((server.name, server.output()))

@@ -1,0 +1,187 @@
+"""Interrupted tasks in a real deployment: past their execution timeout, and marked failed through the REST API.
+
+Each test runs a 60-prompt batch (4 requests in flight, 1.5 s per generation, about 23 s in
+all) against an emulator of its own and interrupts it after a few seconds. What must hold:
+
+- the operator gives up within seconds of the interruption (its failure is logged), and the
+  task process ends soon after (for "mark failed": on the supervisor's SIGTERM, without
+  Airflow having to escalate to SIGKILL);
+- no generation request starts after the interruption, and none at all once the task ended;
+- every image the emulator billed is either stored under the prefix or listed in an
+  ``answered`` pending record (links a retry stores from), except at most
+  ``max_concurrency`` requests recorded as ``unknown``: answers that never arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.conftest import FIGURES
+from tests.deployment.airflow_deployment import wait_for
+from tests.deployment.conftest import INTERRUPTION_DAGS, Tier
+
+PROMPTS = 60
+MAX_CONCURRENCY = 4
+LATENCY = 1.5
+EXECUTION_TIMEOUT = 8.0
+#: Seconds from the interruption to the operator's failure: its grace for requests in flight, and a margin.
+STOPS_WITHIN = 5.0
+#: Seconds from the interruption to the end of the task process; Airflow 3.3.2 itself takes about
+#: 5 s to end the process of any failed task.
+ENDS_WITHIN = 15.0
+#: Seconds a request may take to reach the emulator on a loaded machine.
+TRANSIT = 2.0
+RUN_TIMEOUT = 180
+
+
+def log_time(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def find_entry(entries: list[dict[str, Any]], text: str) -> dict[str, Any] | None:
+    return next((entry for entry in entries if text in str(entry.get("event", ""))), None)
+
+
+@dataclass
+class Outcome:
+    """What the interrupted batch left behind, counted from S3 and the emulator."""
+
+    stored: list[str]
+    answered: list[dict[str, Any]]
+    unknown: list[dict[str, Any]]
+    stats: dict[str, Any]
+    images: list[dict[str, Any]]
+
+    @property
+    def answered_images(self) -> int:
+        return sum(len(record.get("images") or []) for record in self.answered)
+
+    @property
+    def unknown_images(self) -> int:
+        return sum(int(record.get("requested_images") or 1) for record in self.unknown)
+
+    def describe(self) -> str:
+        return (
+            f"emulator: {self.stats['generation_requests']} requests, {self.stats['images_generated']} images billed "
+            f"({self.stats.get('billed_unanswered', '?')} unanswered); S3: {len(self.stored)} stored, "
+            f"{len(self.answered)} answered records ({self.answered_images} images), "
+            f"{len(self.unknown)} unknown records ({self.unknown_images} images)"
+        )
+
+
+def outcome(tier: Tier, prefix: str) -> Outcome:
+    stored, answered, unknown = [], [], []
+    for key in tier.keys(f"{prefix}/"):
+        if "/_pending/" not in key:
+            stored.append(key)
+            continue
+        record = json.loads(tier.read(key))
+        status = record.get("status", "answered" if record.get("images") else "unknown")
+        (answered if status == "answered" else unknown).append(record)
+    return Outcome(stored, answered, unknown, tier.interrupt_emulator.stats(), tier.interrupt_emulator.images())
+
+
+@pytest.fixture
+def interruption(deployment: Tier):
+    """The interruption emulator, reset, answering after LATENCY seconds; the interruption DAGs unpaused."""
+    emulator = deployment.interrupt_emulator
+    emulator.reset()
+    emulator.configure(latency=LATENCY)
+    for dag_id in INTERRUPTION_DAGS:
+        deployment.rest.unpause(dag_id)
+    yield deployment
+    emulator.configure(latency=0.0)
+
+
+def assert_stopped_and_accounted(tier: Tier, prefix: str, interrupted_at: float, explanation: str) -> Outcome:
+    """No request after the interruption, none after the end, and every billed image stored or recorded."""
+    result = outcome(tier, prefix)
+    # A request sent after the interruption would reach the emulator after it (billed on arrival).
+    late = [image for image in result.images if image["created"] > interrupted_at + TRANSIT]
+    assert not late, f"{len(late)} image(s) requested after the interruption; {result.describe()}\n{explanation}"
+    assert result.stats["generation_requests"] < PROMPTS, "the batch was not interrupted"
+    # The task has ended: nothing more reaches the emulator while it handles two more latencies.
+    deadline = time.monotonic() + 2 * LATENCY
+    while time.monotonic() < deadline:
+        assert tier.interrupt_emulator.stats()["generation_requests"] == result.stats["generation_requests"]
+        time.sleep(0.25)
+
+    unexplained = result.stats["images_generated"] - len(result.stored) - result.answered_images
+    assert len(result.unknown) <= MAX_CONCURRENCY, result.describe()
+    assert 0 <= unexplained <= result.unknown_images, f"paid images neither stored nor recorded: {result.describe()}"
+    if "billed_unanswered" in result.stats:
+        assert unexplained <= result.stats["billed_unanswered"], result.describe()
+    for record in result.answered:
+        assert all(image.get("url") for image in record["images"]), record
+    return result
+
+
+def test_execution_timeout_ends_the_task_within_seconds(interruption: Tier):
+    tier = interruption
+    dag_id, prefix = "seedream_interrupt_timeout", "timeout"
+    run_id = tier.rest.trigger(dag_id, {"prefix": prefix})["dag_run_id"]
+    run = tier.rest.wait_for_run(dag_id, run_id, RUN_TIMEOUT, explain=lambda: tier.explain(dag_id, run_id))
+    explanation = tier.explain(dag_id, run_id)
+    assert run["state"] == "failed", explanation
+    ti = tier.rest.task_instance(dag_id, run_id, "generate")
+    assert ti["state"] == "failed" and ti["try_number"] == 1, explanation
+
+    entries = tier.rest.task_log_entries(dag_id, run_id, "generate", 1)
+    timed_out = find_entry(entries, "Process timed out")
+    failed = find_entry(entries, "Task failed with exception")
+    assert timed_out is not None and failed is not None, explanation
+    interrupted_at = log_time(timed_out["timestamp"])
+    stopped = log_time(failed["timestamp"]) - interrupted_at
+    ended = log_time(ti["end_date"]) - interrupted_at
+    assert stopped <= STOPS_WITHIN, f"the operator stopped {stopped:.1f} s after the timeout\n{explanation}"
+    assert ended <= ENDS_WITHIN, f"the task ended {ended:.1f} s after the timeout\n{explanation}"
+
+    result = assert_stopped_and_accounted(tier, prefix, interrupted_at, explanation)
+    FIGURES.append(
+        f"deployment tier: execution timeout: operator stopped {stopped:.1f} s after it, task ended after "
+        f"{ended:.1f} s; {result.describe()}"
+    )
+
+
+def test_marking_a_running_task_failed_ends_it_within_seconds(interruption: Tier):
+    tier = interruption
+    dag_id, prefix = "seedream_interrupt_mark_failed", "mark-failed"
+    run_id = tier.rest.trigger(dag_id, {"prefix": prefix})["dag_run_id"]
+    wait_for(
+        lambda: tier.interrupt_emulator.stats()["generation_requests"] >= 2 * MAX_CONCURRENCY,
+        RUN_TIMEOUT,
+        "the batch is under way",
+        interval=0.25,
+        explain=lambda: tier.explain(dag_id, run_id),
+    )
+    tier.rest.set_task_state(dag_id, run_id, "generate", "failed")
+
+    def killed() -> list[dict[str, Any]] | None:
+        entries = tier.rest.task_log_entries(dag_id, run_id, "generate", 1)
+        return entries if find_entry(entries, "Task killed!") else None
+
+    entries = wait_for(killed, 60, "the supervisor reports the task killed", explain=lambda: tier.explain(dag_id, run_id))
+    explanation = tier.explain(dag_id, run_id)
+    terminating = find_entry(entries, "Terminating process")
+    failed = find_entry(entries, "Task failed with exception")
+    assert terminating is not None and failed is not None, explanation
+    interrupted_at = log_time(terminating["timestamp"])
+    stopped = log_time(failed["timestamp"]) - interrupted_at
+    ended = log_time(find_entry(entries, "Task killed!")["timestamp"]) - interrupted_at
+    assert stopped <= STOPS_WITHIN, f"the operator stopped {stopped:.1f} s after SIGTERM\n{explanation}"
+    assert ended <= ENDS_WITHIN, f"the task ended {ended:.1f} s after SIGTERM\n{explanation}"
+    scheduler_log = tier.airflow.components["scheduler"].log_path.read_text(errors="replace")
+    assert "did not terminate in time" not in scheduler_log, "Airflow had to escalate to SIGKILL"
+    assert tier.rest.dag_run(dag_id, run_id)["state"] in ("failed", "running")
+
+    result = assert_stopped_and_accounted(tier, prefix, interrupted_at, explanation)
+    FIGURES.append(
+        f"deployment tier: marked failed: operator stopped {stopped:.1f} s after SIGTERM, task ended after "
+        f"{ended:.1f} s; {result.describe()}"
+    )
