@@ -67,3 +67,20 @@ def settled_stats(emulator: EmulatorServer, requests_sent: int) -> dict[str, Any
 
     wait_for(settled, f"{requests_sent} generation request(s) to be fully handled")
     return emulator.stats()
+
+
+def quiet_stats(emulator: EmulatorServer, timeout: float = PATIENCE) -> dict[str, Any]:
+    """Return the counters once nothing is in flight and no new request arrived for a moment.
+
+    For tests that cannot know how many requests a task sent before it stopped.
+    """
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        stats = emulator.stats()
+        current = (stats["generation_requests"], stats["images_generated"])
+        if stats["generation_in_flight"] == 0 and current == previous:
+            return stats
+        previous = current
+        time.sleep(0.3)
+    raise AssertionError(f"the emulator was still receiving requests after {timeout} s")

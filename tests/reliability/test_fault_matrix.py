@@ -1,18 +1,22 @@
 """A batch of several hundred prompts under every fault the service and its object store show.
 
-Every image the service generated must end up in S3 exactly once with the bytes it served,
-and the service must see no generation request beyond the images and the retried failures.
+The emulator bills what the service may bill (``bill_abandoned``): a request whose answer is
+lost still costs an image. Every image whose answer arrived must end up in S3 exactly once
+with the bytes it served; every lost answer must be recorded and never sent again unasked;
+the service must see no generation request beyond one per prompt and the refused ones.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 
 from tests.conftest import FIGURES
 from tests.dag_runs import run_dag, task_xcom
+from tests.emulator.support import quiet_stats
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -30,47 +34,67 @@ def stored_objects(s3_client, bucket: str) -> dict[str, str]:
     return hashes
 
 
-def test_transient_faults_lose_nothing_and_pay_once(seedream_emulator, s3_client, bucket):
+def test_faults_lose_nothing_paid_and_never_pay_twice_unasked(seedream_emulator, s3_client, bucket, monkeypatch):
     seedream_emulator.configure(
         rate_429=0.08,
         retry_after=0.05,
-        rate_500=0.06,
-        rate_reset=0.04,
-        rate_slow=0.02,
-        slow_seconds=3.0,
+        rate_500=0.05,
+        rate_503=0.03,
+        rate_reset=0.02,
+        rate_502=0.01,
+        rate_504=0.01,
         rate_truncate=0.06,
         rate_download_500=0.04,
         fault_seed=20261124,
+        bill_abandoned=True,
     )
     prompts = [f"catalogue item {n}, studio light" for n in range(PROMPTS)]
     run = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket)
-    assert run.state == "success"
+    assert run.state == "failed", "requests whose answer was lost fail the task, without a retry"
 
-    stats = seedream_emulator.stats()
+    stats = quiet_stats(seedream_emulator)
     faults = stats["faults"]
-    served = [image["sha256"] for image in seedream_emulator.images()]
+    lost = faults["reset"] + faults["502"] + faults["504"]
+    retried = faults["429"] + faults["500"] + faults["503"]
     stored = stored_objects(s3_client, bucket)
-    records = task_xcom(run, "generate")
+    images = {key: sha for key, sha in stored.items() if "/_pending/" not in key}
+    unknown = {key for key in stored if "/_pending/" in key}
+    answered = [image["sha256"] for image in seedream_emulator.images() if image["answered"]]
 
-    failed_generations = faults["429"] + faults["500"] + faults["reset"] + faults["slow"]
-    assert min(faults["429"], faults["500"], faults["reset"], faults["slow"], faults["truncate"], faults["download_500"]) > 0
-    assert stats["images_generated"] == len(served) == PROMPTS
-    assert stats["abandoned"] == faults["slow"], "a request past the read timeout generated nothing"
-    assert stats["generation_requests"] == PROMPTS + failed_generations
-    assert sorted(stored.values()) == sorted(served), "every served image is in S3 exactly once"
-    assert len(set(stored.values())) == PROMPTS
-    assert {record["key"]: record["sha256"] for record in records} == stored
-    assert stats["downloads"] == PROMPTS + faults["truncate"] + faults["download_500"]
+    assert min(faults["429"], faults["500"], faults["503"], faults["reset"], faults["truncate"], faults["download_500"]) > 0
+    assert faults["502"] + faults["504"] > 0
+    assert stats["generation_requests"] == PROMPTS + retried, "only requests the service did not serve are sent again"
+    assert stats["images_generated"] == PROMPTS and stats["billed_unanswered"] == lost, "each prompt is paid once"
+    assert sorted(images.values()) == sorted(answered), "every image whose answer arrived is in S3 exactly once"
+    assert len(unknown) == lost, "every lost answer is recorded as an unknown outcome"
+    assert stats["downloads"] == PROMPTS - lost + faults["truncate"] + faults["download_500"]
+
+    # A rerun pays nothing more; with retry_unknown_outcome it sends exactly the lost ones again.
+    seedream_emulator.reset()
+    again = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket)
+    assert again.state == "failed" and quiet_stats(seedream_emulator)["generation_requests"] == 0
+    connection = json.loads(os.environ["AIRFLOW_CONN_SEEDREAM_DEFAULT"])
+    connection["extra"] = {"retry_unknown_outcome": True}
+    monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_DEFAULT", json.dumps(connection))
+    resent = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket)
+    assert resent.state == "success"
+    assert quiet_stats(seedream_emulator)["generation_requests"] == lost
+    final = stored_objects(s3_client, bucket)
+    assert len(final) == PROMPTS and all(final[key] == sha for key, sha in images.items())
+    assert {record["key"]: record["sha256"] for record in task_xcom(resent, "generate")} == final
 
     FIGURES.append(
-        "transient faults: "
+        "faults: "
         + json.dumps(
             {
                 "prompts": PROMPTS,
-                "images_stored": len(stored),
+                "images_stored_first_run": len(images),
+                "outcome_unknown": lost,
                 "generation_requests": stats["generation_requests"],
+                "billed": stats["images_generated"],
                 "downloads": stats["downloads"],
                 "faults": {key: value for key, value in faults.items() if value},
+                "resent_with_retry_unknown_outcome": lost,
             }
         )
     )

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from tests.dag_runs import airflow_dags_test
+from tests.emulator.support import quiet_stats
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -30,6 +31,8 @@ READ_ONLY_POLICY = {
         {"Effect": "Deny", "Action": ["s3:PutObject"], "Resource": "*"},
     ],
 }
+
+READ_WRITE_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"}]}
 
 
 def free_port() -> int:
@@ -61,8 +64,17 @@ def guarded_s3() -> Iterator[dict[str, str]]:
         iam.create_user(UserName="reader")
         iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(READ_ONLY_POLICY))
         key = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.create_user(UserName="writer")
+        iam.put_user_policy(UserName="writer", PolicyName="all", PolicyDocument=json.dumps(READ_WRITE_POLICY))
+        writer = iam.create_access_key(UserName="writer")["AccessKey"]
         requests.post(f"{url}/moto-api/reset-auth", data=b"0", timeout=5).raise_for_status()
-        yield {"url": url, "key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+        yield {
+            "url": url,
+            "key_id": key["AccessKeyId"],
+            "secret": key["SecretAccessKey"],
+            "writer_key_id": writer["AccessKeyId"],
+            "writer_secret": writer["SecretAccessKey"],
+        }
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -75,6 +87,7 @@ def aws_connection(url: str, key_id: str, secret: str) -> str:
 
 
 def run_with_aws(connection: str, prompts: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run the batch DAG in a task process of its own with ``connection`` as ``aws_default``."""
     previous = os.environ["AIRFLOW_CONN_AWS_DEFAULT"]
     os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = connection
     try:
@@ -92,16 +105,35 @@ def test_wrong_credentials_fail_before_spending(guarded_s3, seedream_emulator):
     assert "wrong-secret" not in log
 
 
-def test_refused_uploads_stop_the_batch_and_name_every_image_not_stored(guarded_s3, seedream_emulator):
-    seedream_emulator.configure(latency=0.3)  # generation takes longer than a refused upload, as it does for real
+def test_refused_uploads_stop_the_batch_and_a_retry_stores_what_was_paid(guarded_s3, seedream_emulator):
+    seedream_emulator.configure(latency=0.3)
     prompts = [f"a guarded painting {n}" for n in range(12)]
-    done = run_with_aws(aws_connection(guarded_s3["url"], guarded_s3["key_id"], guarded_s3["secret"]), prompts)
+    reader = aws_connection(guarded_s3["url"], guarded_s3["key_id"], guarded_s3["secret"])
+    done = run_with_aws(reader, prompts)
     log = done.stdout + done.stderr
     assert done.returncode != 0
-    generated = seedream_emulator.stats()["images_generated"]
-    assert 1 <= generated < len(prompts), "the batch stops once S3 refuses uploads"
+    first = quiet_stats(seedream_emulator)
+    paid = first["images_generated"]
+    assert 1 <= paid <= 4, "S3 refuses the first record of paid links: nothing more is sent than was in flight"
     not_stored = [line for line in log.splitlines() if "(paid for, NOT stored)" in line and "upload failed: AccessDenied" in line]
     named = {line.split("prompt ")[1].split(" ")[0] for line in not_stored}
-    assert len(named) == generated, "every image paid for and not stored is named"
-    assert "NotAttempted" in log and "stopped after S3 answered AccessDenied" in log
+    assert len(named) == paid, "every image paid for and not stored is named"
+    assert "S3 refused the record of paid links" in log and "Prompts not sent: " in log
     assert guarded_s3["secret"] not in log
+
+    # Once S3 takes writes again, the next try stores what was paid for from the links kept on
+    # this machine, and pays only for the prompts that were never sent.
+    writer = aws_connection(guarded_s3["url"], guarded_s3["writer_key_id"], guarded_s3["writer_secret"])
+    again = run_with_aws(writer, prompts)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    sent = quiet_stats(seedream_emulator)["generation_requests"] - first["generation_requests"]
+    assert sent == len(prompts) - paid
+    admin = boto3.client(
+        "s3",
+        endpoint_url=guarded_s3["url"],
+        region_name="us-east-1",
+        aws_access_key_id=guarded_s3["writer_key_id"],
+        aws_secret_access_key=guarded_s3["writer_secret"],
+    )
+    keys = [item["Key"] for item in admin.list_objects_v2(Bucket=BUCKET, Prefix="guarded/").get("Contents", [])]
+    assert sorted(keys) == [f"guarded/{index:05d}-00.jpg" for index in range(len(prompts))]

@@ -26,11 +26,11 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_provider_seedream.batch import BatchError
 from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
 from tests.conftest import API_KEY, FIGURES
+from tests.emulator.support import quiet_stats
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 FAST = {"retry_min_wait": 0.01, "retry_max_wait": 0.05, "max_retries": 3, "timeout": 60.0}
-PATIENCE = 60.0
 
 
 def operator(bucket: str, prompts: Any, **kwargs: Any) -> SeedreamToS3Operator:
@@ -71,23 +71,9 @@ def records(s3_client, bucket: str, prefix: str = "p/") -> dict[str, dict[str, A
     }
 
 
-def settled(emulator, timeout: float = PATIENCE) -> dict[str, Any]:
-    """The emulator's counters once every request it received is fully handled and no more arrive."""
-    deadline = time.monotonic() + timeout
-    previous = None
-    while time.monotonic() < deadline:
-        stats = emulator.stats()
-        key = (stats["generation_requests"], stats["images_generated"])
-        if stats["generation_in_flight"] == 0 and key == previous:
-            return stats
-        previous = key
-        time.sleep(0.3)
-    raise AssertionError(f"the emulator kept receiving requests for {timeout} s")
-
-
 def accounted(emulator, s3_client, bucket: str, prefix: str = "p/") -> tuple[int, int, int, int]:
     """Billed images, and where each went: stored, recorded with a link, or recorded as unknown."""
-    stats = settled(emulator)
+    stats = quiet_stats(emulator)
     pending = records(s3_client, bucket, prefix)
     linked = sum(len(record.get("images") or []) for record in pending.values())
     unknown = sum(record["requested_images"] for record in pending.values() if record["status"] == "unknown")
@@ -160,7 +146,7 @@ def test_an_unknown_outcome_is_recorded_and_never_sent_again_unasked(seedream_em
     with pytest.raises(AirflowFailException, match=r"3 outcome\(s\) unknown") as raised:
         execute(operator(bucket, prompts, max_concurrency=1))
     assert "prompt 1: outcome unknown, may have been billed" in str(raised.value)
-    stats = settled(seedream_emulator)
+    stats = quiet_stats(seedream_emulator)
     assert stats["generation_requests"] == 6, "no lost answer was sent again"
     assert stats["images_generated"] == 6 and stats["billed_unanswered"] == 3
     assert images(s3_client, bucket) == ["p/00000-00.jpg", "p/00002-00.jpg", "p/00004-00.jpg"]
@@ -171,12 +157,12 @@ def test_an_unknown_outcome_is_recorded_and_never_sent_again_unasked(seedream_em
     # A rerun (or a task retry) does not send them either.
     with pytest.raises(AirflowFailException, match="earlier try sent it and its answer was lost"):
         execute(operator(bucket, prompts, max_concurrency=1), run_id="run-2")
-    assert settled(seedream_emulator)["generation_requests"] == 6
+    assert quiet_stats(seedream_emulator)["generation_requests"] == 6
 
     # Asked to, it sends them again: they are paid for twice, by choice.
     hook_params = {**FAST, "retry_unknown_outcome": True}
     stored = execute(operator(bucket, prompts, max_concurrency=1, hook_params=hook_params), run_id="run-3")
-    assert settled(seedream_emulator)["generation_requests"] == 9
+    assert quiet_stats(seedream_emulator)["generation_requests"] == 9
     assert len(stored) == 6 and records(s3_client, bucket) == {}
 
 
@@ -191,7 +177,7 @@ def test_a_dropped_answer_keeps_the_images_that_did_arrive(seedream_emulator, s3
         execute(op)
     [record] = records(s3_client, bucket).values()
     assert record["status"] == "unknown" and record["requested_images"] == 4
-    assert settled(seedream_emulator)["generation_requests"] == 1
+    assert quiet_stats(seedream_emulator)["generation_requests"] == 1
 
 
 # -- exact reuse, stable keys, replace once per run ----------------------------------------------
@@ -276,7 +262,7 @@ def test_the_budget_stops_the_batch_and_stores_what_was_paid(seedream_emulator, 
         execute(operator(bucket, prompts, max_concurrency=3, max_billed_images=4))
     message = str(raised.value)
     assert "max_billed_images=4 reached" in message and "Prompts not sent: " in message
-    stats = settled(seedream_emulator)
+    stats = quiet_stats(seedream_emulator)
     assert stats["images_generated"] == 4, "exactly the budget is spent"
     assert len(images(s3_client, bucket)) == 4 and records(s3_client, bucket) == {}
     not_sent = message.split("Prompts not sent: ")[1].splitlines()[0].split(", ")
@@ -290,7 +276,7 @@ def test_a_group_reserves_its_max_images_against_the_budget(seedream_emulator, s
     group = {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}
     with pytest.raises(AirflowFailException, match="max_billed_images=5 reached"):
         execute(operator(bucket, ["a comic strip", "a storyboard"], max_billed_images=5, max_concurrency=2, **group))
-    stats = settled(seedream_emulator)
+    stats = quiet_stats(seedream_emulator)
     assert stats["generation_requests"] == 1 and stats["images_generated"] == 3
 
 
@@ -320,7 +306,7 @@ def test_an_account_error_stops_the_batch_before_the_other_prompts(seedream_emul
         execute(operator(bucket, [f"a kite {n}" for n in range(8)], max_concurrency=1))
     assert f"The batch stopped: the service answered {reason}" in str(raised.value)
     assert "Prompts not sent: 1, 2, 3, 4, 5, 6, 7" in str(raised.value)
-    assert settled(seedream_emulator)["generation_requests"] == 1
+    assert quiet_stats(seedream_emulator)["generation_requests"] == 1
 
 
 def test_a_missing_model_for_one_prompt_stops_only_the_prompts_of_that_model(seedream_emulator, s3_client, bucket):
@@ -336,7 +322,7 @@ def test_a_missing_model_for_one_prompt_stops_only_the_prompts_of_that_model(see
     assert "prompt 1: generation failed: InvalidEndpointOrModel.NotFound" in str(raised.value)
     assert "Prompts not sent: 2" in str(raised.value)
     assert images(s3_client, bucket) == ["p/00000-00.jpg", "p/00003-00.jpg", "p/00004-00.jpg"]
-    assert settled(seedream_emulator)["generation_requests"] == 4
+    assert quiet_stats(seedream_emulator)["generation_requests"] == 4
 
 
 def test_an_answer_with_no_image_is_a_failure_not_a_success(bucket, monkeypatch):
