@@ -197,6 +197,24 @@ class BatchInterrupted(SeedreamError):
         super().__init__(report.summary())
 
 
+@dataclass
+class _Progress:
+    """What is left of one prompt's work: its request, then one transfer per answer or streamed image."""
+
+    outstanding: int = 0
+    complete: bool = True
+    keep_record: bool = False
+    recorded: bool = False
+    streamed: bool = False
+    settled: bool = False
+    received: list[GeneratedImage] = field(default_factory=list)
+    stored: list[StoredObject] = field(default_factory=list)
+
+
+# What the transfer threads take: an answer (or one streamed image) to store.
+_Transfer = tuple[PromptJob, "GenerationResult"]
+
+
 class BatchRunner:
     """
     Run prompt jobs on daemon threads sharing one hook (one pooled HTTP session) and one store.
@@ -246,6 +264,7 @@ class BatchRunner:
         self._dead_models: dict[str, str] = {}
         self._open = 0
         self._jobs: dict[int, PromptJob] = {}
+        self._progress: dict[int, _Progress] = {}
         self._references: dict[str, tuple[float, str]] = {}
         self._reference_locks: dict[str, threading.Lock] = {}
 
@@ -266,17 +285,19 @@ class BatchRunner:
         self._jobs = {job.index: job for job in jobs}
         self._states = {job.index: State.QUEUED for job in jobs}
         self._job_locks = {job.index: threading.Lock() for job in jobs}
+        self._progress = {job.index: _Progress() for job in jobs}
         to_generate, to_resume = self._plan(jobs, report)
+        with self._changed:
+            self._open = len(to_generate) + len(to_resume)
         work: queue.SimpleQueue[PromptJob] = queue.SimpleQueue()
         for job in to_generate:
             work.put(job)
-        transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None] = queue.SimpleQueue()
+        transfers: queue.SimpleQueue[_Transfer | None] = queue.SimpleQueue()
         for job, result in to_resume:
             if self._states[job.index] is State.QUEUED:
                 self._set_state(job, State.ANSWERED)
-            transfers.put((job, result, True))
-        with self._changed:
-            self._open = len(to_generate) + len(to_resume)
+            self._progress[job.index].recorded = True
+            self._enqueue(transfers, job, result)
         threads = [
             threading.Thread(target=self._generation_worker, args=(work, transfers, report), daemon=True, name=f"seedream-{n}")
             for n in range(min(self.max_concurrency, len(to_generate)))
@@ -404,8 +425,10 @@ class BatchRunner:
             if self._states[index] is not State.SENDING:
                 return  # it answered meanwhile, and was recorded
             self._set_state(job, State.UNKNOWN)
+            received = self._received(job)
             try:
-                self.store.save_unknown(job.stem, job.fingerprint, job.requested_images, "abandoned in flight when the task stopped")
+                reason = "abandoned in flight when the task stopped"
+                self.store.save_unknown(job.stem, job.fingerprint, job.requested_images, reason, received)
             except Exception as error:
                 self.log.error("Prompt %d: could not record its unknown outcome: %s", index, type(error).__name__)
         self._fail(report, Failure(index, None, "generation", "OutcomeUnknown", "the task stopped while it was in flight", False, False, True))
@@ -438,10 +461,7 @@ class BatchRunner:
     # -- generation threads ------------------------------------------------------------------
 
     def _generation_worker(
-        self,
-        work: queue.SimpleQueue[PromptJob],
-        transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None],
-        report: BatchReport,
+        self, work: queue.SimpleQueue[PromptJob], transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport
     ) -> None:
         while True:
             try:
@@ -451,12 +471,16 @@ class BatchRunner:
             with self._changed:
                 reason = self._stop_reason or self._dead_models.get(str(job.body.get("model"))) or self._reserve(job)
                 if reason is None:
+                    self._progress[job.index].outstanding = 1  # the request itself
                     self._set_state(job, State.SENDING)
             if reason is not None:
                 self._not_sent(job, report, reason)
                 continue
             try:
-                result = self._generate(job)
+                if job.body.get("stream"):
+                    self._generate_streamed(job, transfers, report)
+                else:
+                    self._answered(job, self._generate(job), transfers, report)
             except SeedreamUnknownOutcomeError as error:
                 self._settle(job, billed=None)
                 self._unknown(job, error, transfers, report)
@@ -466,14 +490,7 @@ class BatchRunner:
             except Exception as error:  # a refused connection after every retry, an unreadable reference...
                 self._settle(job, billed=0)
                 self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error)[:300], paid=False))
-                self._finish(job, State.FAILED, report)
-            else:
-                billed = int(result.usage.get("generated_images", len(result.succeeded)))
-                self._settle(job, billed=billed)
-                with self._changed:
-                    report.billed_images += billed
-                    report.output_tokens += int(result.usage.get("output_tokens", 0))
-                self._answered(job, result, transfers, report)
+                self._release(job, report, complete=False)
 
     def _reserve(self, job: PromptJob) -> str | None:
         """Hold the job's images against the budget; the reason it may not be sent, if any."""
@@ -488,16 +505,30 @@ class BatchRunner:
         return None
 
     def _settle(self, job: PromptJob, *, billed: int | None) -> None:
-        """Replace the job's reservation by what it cost (``None``: unknown, so count it all)."""
+        """Replace the job's reservation by what it cost (``None``: unknown, so count it all); once."""
         with self._changed:
+            progress = self._progress[job.index]
+            if progress.settled:
+                return
+            progress.settled = True
             self._reserved -= job.requested_images
             self._billed += job.requested_images if billed is None else billed
 
-    def _generate(self, job: PromptJob) -> GenerationResult:
+    def _count_usage(self, job: PromptJob, usage: dict[str, Any], received: int, report: BatchReport) -> None:
+        billed = int(usage.get("generated_images", received))
+        self._settle(job, billed=billed)
+        with self._changed:
+            report.billed_images += billed
+            report.output_tokens += int(usage.get("output_tokens", 0))
+
+    def _body(self, job: PromptJob) -> dict[str, Any]:
         body = dict(job.body)
         if job.references:
             body["image"] = [self._resolved(reference) for reference in job.references]
-        return self.hook.send_request(body, spool_images=True)
+        return body
+
+    def _generate(self, job: PromptJob) -> GenerationResult:
+        return self.hook.send_request(self._body(job), spool_images=True)
 
     def _resolved(self, reference: Reference) -> str:
         """What is sent for a reference, made once per batch (a presigned link again when half-lived)."""
@@ -512,62 +543,97 @@ class BatchRunner:
             return value
 
     def _answered(
-        self,
-        job: PromptJob,
-        result: GenerationResult,
-        transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None],
-        report: BatchReport,
+        self, job: PromptJob, result: GenerationResult, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport
     ) -> None:
+        self._count_usage(job, result.usage, len(result.succeeded), report)
         if not result.images:
             message = "the endpoint answered 200 with no image and no error"
             self._fail(report, Failure(job.index, None, "generation", "EmptyAnswer", message, paid=False))
-            self._finish(job, State.FAILED, report)
+            self._release(job, report, complete=False)
             return
+        self._set_state(job, State.ANSWERED)
         if any(image.spool is not None for image in result.images):
             # Decoded b64_json images have no link to come back to: store them before the slot is freed.
-            self._set_state(job, State.ANSWERED)
-            self._finish(job, State.STORED if self._store_answer(job, result, False, report) else State.FAILED, report)
+            complete, keep, stored = self._store_answer(job, result, report)
+            self._release(job, report, complete=complete, keep_record=keep, stored=stored)
             return
         # Recorded before the slot is freed, so an interruption loses no paid link.
         with self._job_locks[job.index]:
-            where = self._record_links(job, lambda: self.store.save_pending(job.stem, job.fingerprint, result))
-            self._set_state(job, State.ANSWERED)
-        transfers.put((job, result, where is not None))
+            self._record_links(job, lambda: self.store.save_pending(job.stem, job.fingerprint, result))
+        self._enqueue(transfers, job, result)
+        self._release(job, report)
 
-    def _record_links(self, job: PromptJob, write: Any) -> str | None:
+    def _generate_streamed(self, job: PromptJob, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport) -> None:
+        """Hand each streamed image to the transfer threads as it arrives, its link recorded first."""
+        progress = self._progress[job.index]
+        progress.streamed = True
+        usage: dict[str, Any] = {}
+        for event in self.hook.stream_request(self._body(job), spool_images=True):
+            if event.completed:
+                usage = event.usage
+            image = event.image
+            if image is None:
+                continue
+            if not image.ok:
+                message = image.error_message or ""
+                self._fail(report, Failure(job.index, image.index, "generation", image.error_code or "Error", message, False, False))
+                with self._changed:
+                    progress.complete = False
+                continue
+            answer = GenerationResult(images=[image], usage={}, model=event.model, request_id=event.request_id)
+            with self._job_locks[job.index]:
+                progress.received.append(image)
+                if image.url:
+                    so_far = GenerationResult(images=list(progress.received), usage={}, model=event.model, request_id=event.request_id)
+                    self._record_links(job, lambda: self.store.save_pending(job.stem, job.fingerprint, so_far))
+            self._enqueue(transfers, job, answer)
+        self._count_usage(job, usage, len(progress.received), report)
+        self._set_state(job, State.ANSWERED)
+        self._release(job, report)
+
+    def _record_links(self, job: PromptJob, write: Any) -> None:
         try:
             where = write()
         except Exception as error:
             self.log.error("Prompt %d: could not record what it paid for: %s", job.index, type(error).__name__)
             self.stop("the record of paid images could not be written")
-            return None
+            return
+        if where is not None:
+            with self._changed:
+                self._progress[job.index].recorded = True
         if where == "local":
             self.stop(
                 f"S3 refused the record of paid links; it is kept under {self.store.local_folder} on this machine "
                 "and nothing more is sent, so that no more is paid for than can be stored"
             )
-        return where
+
+    def _received(self, job: PromptJob) -> GenerationResult | None:
+        """The streamed images a request delivered before it stopped, if any."""
+        images = list(self._progress[job.index].received)
+        return GenerationResult(images=images, usage={}, model=None) if images else None
 
     def _unknown(
         self,
         job: PromptJob,
         error: SeedreamUnknownOutcomeError,
-        transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None],
+        transfers: queue.SimpleQueue[_Transfer | None],
         report: BatchReport,
     ) -> None:
+        # Images that did arrive are known: an answer cut short, or a stream that broke off.
         received = error.received if error.received is not None and error.received.succeeded else None
+        streamed = self._received(job)
         with self._job_locks[job.index]:
             self._record_links(
                 job,
-                lambda: self.store.save_unknown(job.stem, job.fingerprint, job.requested_images, str(error), received),
+                lambda: self.store.save_unknown(
+                    job.stem, job.fingerprint, job.requested_images, str(error), received or streamed
+                ),
             )
             self._fail(report, Failure(job.index, None, "generation", "OutcomeUnknown", str(error)[:300], False, False, True))
             self._set_state(job, State.UNKNOWN)
         if received is not None:
-            # The images that did arrive are known: store them like any other.
-            transfers.put((job, received, False))
-        else:
-            self._finish(job, State.UNKNOWN, report)
+            self._enqueue(transfers, job, received)
+        self._release(job, report, complete=False)
 
     def _refused(self, job: PromptJob, error: SeedreamAPIError, report: BatchReport) -> None:
         code = error.code or f"HTTP{error.status}"
@@ -578,42 +644,75 @@ class BatchRunner:
             with self._changed:
                 self._dead_models.setdefault(model, f"model {model!r} answered HTTP 404 {error.code or ''}".strip())
         self._fail(report, Failure(job.index, None, "generation", code, error.message, False, error.retryable))
-        self._finish(job, State.FAILED, report)
+        self._release(job, report, complete=False)
 
     # -- transfer threads --------------------------------------------------------------------
 
-    def _transfer_worker(
-        self, transfers: queue.SimpleQueue[tuple[PromptJob, GenerationResult, bool] | None], report: BatchReport
-    ) -> None:
+    def _enqueue(self, transfers: queue.SimpleQueue[_Transfer | None], job: PromptJob, result: GenerationResult) -> None:
+        with self._changed:
+            self._progress[job.index].outstanding += 1
+        transfers.put((job, result))
+
+    def _transfer_worker(self, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport) -> None:
         while (item := transfers.get()) is not None:
-            job, result, recorded = item
+            job, result = item
             try:
-                complete = self._store_answer(job, result, recorded, report)
+                complete, keep, stored = self._store_answer(job, result, report)
             except Exception as error:  # nothing may strand a prompt: report it and go on
                 self._fail(report, Failure(job.index, None, "upload", type(error).__name__, str(error)[:300], True))
-                complete = False
-            if self._states.get(job.index) is State.UNKNOWN:
-                self._finish(job, State.UNKNOWN, report)
-            else:
-                self._finish(job, State.STORED if complete else State.FAILED, report)
+                complete, keep, stored = False, True, []
+            self._release(job, report, complete=complete, keep_record=keep, stored=stored)
 
-    def _store_answer(self, job: PromptJob, result: GenerationResult, recorded: bool, report: BatchReport) -> bool:
-        """Store every image of one answer; forget its record unless a retry needs the links."""
-        group = tuple(image.index for image in result.succeeded)
-        keep_record = False
-        complete = True
+    def _store_answer(self, job: PromptJob, result: GenerationResult, report: BatchReport) -> tuple[bool, bool, list[StoredObject]]:
+        """Store every image of one answer: whether all were, whether a link is worth keeping, what was stored."""
+        # A streamed group is known whole only at its end: its images carry no group until it is sealed.
+        group = () if self._progress[job.index].streamed else tuple(image.index for image in result.succeeded)
+        complete, keep_record, stored = True, False, []
         for image in result.images:
             if not image.ok:
                 code, message = image.error_code or "Error", image.error_message or ""
                 self._fail(report, Failure(job.index, image.index, "generation", code, message, False, retryable=False))
                 complete = False
                 continue
-            stored, worth_keeping = self._store(job, result, image, group, report)
-            complete &= stored
+            item, worth_keeping = self._store(job, result, image, group, report)
+            complete &= item is not None
             keep_record |= worth_keeping
-        if recorded and not keep_record and self._states.get(job.index) is not State.UNKNOWN:
-            self._forget(job)
-        return complete
+            if item is not None:
+                stored.append(item)
+        return complete, keep_record, stored
+
+    def _release(
+        self,
+        job: PromptJob,
+        report: BatchReport,
+        *,
+        complete: bool = True,
+        keep_record: bool = False,
+        stored: list[StoredObject] | None = None,
+    ) -> None:
+        """One part of a prompt's work is done; when it was the last, the prompt is finished."""
+        with self._changed:
+            progress = self._progress[job.index]
+            progress.complete &= complete
+            progress.keep_record |= keep_record
+            progress.stored.extend(stored or [])
+            progress.outstanding -= 1
+            if progress.outstanding > 0:
+                return
+            unknown = self._states[job.index] is State.UNKNOWN
+        if not unknown and not progress.keep_record:
+            if progress.streamed and progress.stored:
+                self._seal(job, progress.stored)
+            if progress.recorded:
+                self._forget(job)
+        self._finish(job, State.UNKNOWN if unknown else State.STORED if progress.complete else State.FAILED, report)
+
+    def _seal(self, job: PromptJob, stored: list[StoredObject]) -> None:
+        """Write a streamed group's images into the first one's metadata, so a rerun can reuse the group."""
+        try:
+            self.store.seal_group(sorted(stored, key=lambda item: item.image_index))
+        except Exception as error:
+            self.log.warning("Prompt %d: could not record its group: %s", job.index, type(error).__name__)
 
     def _forget(self, job: PromptJob) -> None:
         try:
@@ -623,8 +722,8 @@ class BatchRunner:
 
     def _store(
         self, job: PromptJob, result: GenerationResult, image: GeneratedImage, group: tuple[int, ...], report: BatchReport
-    ) -> tuple[bool, bool]:
-        """Download and upload one image; whether it was stored, and whether its link is worth keeping."""
+    ) -> tuple[StoredObject | None, bool]:
+        """Download and upload one image; what was stored, and whether its link is worth keeping."""
         key = self.store.key_for(job.stem, image.index, job.extension)
         try:
             with tempfile.TemporaryFile(prefix="seedream-") as spool:
@@ -647,13 +746,13 @@ class BatchRunner:
         except SeedreamError as error:
             retryable = bool(getattr(error, "retryable", False))
             self._fail(report, Failure(job.index, image.index, "download", type(error).__name__, str(error), True, retryable))
-            return False, retryable
+            return None, retryable
         except StorageError as error:
             if error.fatal:
                 self.stop(f"S3 answered {error.code}")
             code = error.code or "StorageError"
             self._fail(report, Failure(job.index, image.index, "upload", code, str(error), True, True))
-            return False, True
+            return None, True
         finally:
             if image.spool is not None:
                 image.spool[0].close()
@@ -661,7 +760,7 @@ class BatchRunner:
         with self._changed:
             report.generated += 1
             report.records.append(self._record(job, stored, reused=False))
-        return True, False
+        return stored, False
 
     # -- bookkeeping -------------------------------------------------------------------------
 

@@ -104,6 +104,35 @@ class GenerationResult:
         )
 
 
+STREAM_SUCCEEDED = "image_generation.partial_succeeded"
+STREAM_FAILED = "image_generation.partial_failed"
+STREAM_COMPLETED = "image_generation.completed"
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event of a streamed generation (``stream: true``).
+
+    :param type: the service's event type: ``image_generation.partial_succeeded``,
+        ``image_generation.partial_failed`` or ``image_generation.completed``.
+    :param image: the image (or per-item error) of a partial event, at its ``image_index``.
+    :param usage: the usage of the whole request, on ``completed``.
+    :param model: the model that answered.
+    :param request_id: the ``x-request-id`` the service gave, if any.
+    """
+
+    type: str
+    image: GeneratedImage | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    request_id: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        """Whether this is the last event, with the usage."""
+        return self.type == STREAM_COMPLETED
+
+
 @dataclass(frozen=True)
 class DownloadedImage:
     """What was written when an image was downloaded or decoded.

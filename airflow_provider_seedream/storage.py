@@ -355,6 +355,26 @@ class ImageStore:
                 found[image_index] = stored
         return [found[index] for index in first.group]
 
+    def seal_group(self, stored: list[StoredObject]) -> None:
+        """
+        Record a streamed group's images in the metadata of its first image (a copy in place).
+
+        A streamed group is known only when its stream ends, after its images were uploaded;
+        until it is sealed, :meth:`stored_group` does not take it as complete.
+        """
+        first = stored[0]
+        head = self.client.head_object(Bucket=self.bucket, Key=first.key)
+        metadata = dict(head.get("Metadata", {}))
+        metadata[META_GROUP] = ",".join(str(item.image_index) for item in stored)
+        self.client.copy_object(
+            Bucket=self.bucket,
+            Key=first.key,
+            CopySource={"Bucket": self.bucket, "Key": first.key},
+            Metadata=metadata,
+            MetadataDirective="REPLACE",
+            ContentType=head.get("ContentType", first.content_type),
+        )
+
     def head(self, key: str) -> StoredObject | None:
         """Read one object's metadata; ``None`` when it is not one of ours."""
         try:

@@ -9,7 +9,7 @@ import http.client
 import json
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -30,7 +30,15 @@ from airflow_provider_seedream.exceptions import (
 )
 from airflow_provider_seedream.image_formats import CONTENT_TYPES, SNIFF_BYTES, sniff_format
 from airflow_provider_seedream.redaction import redact_text, redact_url
-from airflow_provider_seedream.results import DownloadedImage, GeneratedImage, GenerationResult
+from airflow_provider_seedream.results import (
+    STREAM_COMPLETED,
+    STREAM_FAILED,
+    STREAM_SUCCEEDED,
+    DownloadedImage,
+    GeneratedImage,
+    GenerationResult,
+    StreamEvent,
+)
 from airflow_provider_seedream.validation import DEFAULT_MODEL, requested_image_count, validate_request
 
 if TYPE_CHECKING:
@@ -304,22 +312,28 @@ class SeedreamHook(BaseHook):
             self.log.warning("%s", warning)
         return body
 
-    def generate_images(self, prompt: str, **parameters: Any) -> GenerationResult:
+    def generate_images(self, prompt: str, **parameters: Any) -> Any:
         """
         Send one generation request and return its images, usage and model.
 
         Every request field of the endpoint can be passed under its API name (``model``,
         ``size``, ``response_format``, ``image``, ``watermark``, ``guidance_scale``, ``seed``,
         ``sequential_image_generation``, ``sequential_image_generation_options``,
-        ``output_format``...); fields this package does not know are sent as given.
+        ``output_format``, ``stream``...); fields this package does not know are sent as given.
         Rate limits (429), 500/503 answers and failures to connect are retried with backoff,
         honouring ``Retry-After``; other errors are raised at once.
+
+        With ``stream=True`` it returns an iterator of :class:`StreamEvent` instead, each
+        image as soon as the service sends it (see :meth:`stream_request`).
 
         :raises SeedreamValidationError: a field is invalid; nothing was sent.
         :raises SeedreamAPIError: the endpoint refused the request.
         :raises SeedreamUnknownOutcomeError: the answer was lost; the images may have been billed.
         """
-        return self.send_request(self.build_request(prompt, **parameters))
+        body = self.build_request(prompt, **parameters)
+        if body.get("stream"):
+            return self.stream_request(body)
+        return self.send_request(body)
 
     def send_request(self, body: dict[str, Any], *, spool_images: bool = False) -> GenerationResult:
         """
@@ -331,13 +345,93 @@ class SeedreamHook(BaseHook):
         """
         validate_request(body)
         if body.get("stream"):
-            raise SeedreamValidationError("stream", "streamed responses are not supported by the hook; leave it false")
+            raise SeedreamValidationError("stream", "a streamed request is sent with stream_request(), which yields its events")
         session = self.get_conn()
         settings = self.settings
         self.log.debug("Requesting images from %s with model %s", settings["endpoint"], body.get("model"))
         return self._retrying(self._generation_retryable, "generation")(
             self._post, session, body, self.read_timeout(body), spool_images
         )
+
+    def stream_request(self, body: dict[str, Any], *, spool_images: bool = False) -> Iterator[StreamEvent]:
+        """
+        Check ``body`` now, then send it with ``stream: true`` and yield its events as they arrive.
+
+        The request is retried like any other until the service starts answering; the read
+        timeout then applies between events (the connection's ``timeout``), not to the whole
+        group. The connection is closed when the iterator is exhausted or abandoned.
+
+        :raises SeedreamValidationError: a field is invalid, raised before anything is sent.
+        :raises SeedreamUnknownOutcomeError: (while iterating) the stream broke off: the images
+            already yielded are known, the others may have been billed.
+        """
+        body = {**body, "stream": True}
+        validate_request(body)
+        return self._stream_events(body, spool_images)
+
+    def _stream_events(self, body: dict[str, Any], spool: bool) -> Iterator[StreamEvent]:
+        session = self.get_conn()
+        timeout = self.settings["timeout"]
+        response = self._retrying(self._generation_retryable, "generation")(self._open_stream, session, body, timeout)
+        request_id = response.headers.get("x-request-id")
+        response.encoding = "utf-8"
+        received, completed = 0, False
+        with response:
+            try:
+                for name, data in _server_sent_events(response):
+                    if data == "[DONE]":
+                        return
+                    event = self._stream_event(name, data, request_id, spool)
+                    received += event.image is not None and event.image.ok
+                    completed |= event.completed
+                    yield event
+            except _BROKEN_ANSWER as error:
+                raise SeedreamUnknownOutcomeError(
+                    f"the stream broke off after {received} image(s) ({type(error).__name__})"
+                ) from None
+        if not completed:
+            raise SeedreamUnknownOutcomeError(f"the stream ended before it completed, after {received} image(s)")
+
+    def _open_stream(self, session: requests.Session, body: dict[str, Any], timeout: float) -> requests.Response:
+        settings = self.settings
+        try:
+            response = session.post(
+                settings["endpoint"],
+                json=body,
+                headers={"Authorization": f"Bearer {settings['api_key']}", "Accept": "text/event-stream"},
+                timeout=(self.connect_timeout, timeout),
+                stream=True,
+            )
+        except requests.ConnectionError as error:
+            if _never_sent(error):
+                raise
+            raise SeedreamUnknownOutcomeError(f"the connection broke after the request was sent ({type(error).__name__})") from None
+        except requests.Timeout:
+            raise SeedreamUnknownOutcomeError(f"no event within the read timeout of {timeout:g} s") from None
+        if response.status_code == 200:
+            return response
+        with response:
+            if response.status_code in UNKNOWN_OUTCOME_STATUSES:
+                raise SeedreamUnknownOutcomeError(f"a gateway answered HTTP {response.status_code}")
+            raise api_error(response)
+
+    def _stream_event(self, name: str | None, data: str, request_id: str | None, spool: bool) -> StreamEvent:
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            raise SeedreamUnknownOutcomeError("the stream sent an event that is not JSON") from None
+        kind = payload.get("type") or name or ""
+        model = payload.get("model")
+        if kind in (STREAM_SUCCEEDED, STREAM_FAILED):
+            index = int(payload.get("image_index", 0))
+            image = self._image_from_item(index, payload, spool)
+            return StreamEvent(kind, image=image, model=model, request_id=request_id)
+        if kind == STREAM_COMPLETED:
+            return StreamEvent(kind, usage=dict(payload.get("usage") or {}), model=model, request_id=request_id)
+        if "error" in payload:
+            error = payload["error"] if isinstance(payload["error"], dict) else {}
+            raise SeedreamAPIError(500, error.get("code"), redact_text(str(error.get("message", "")))[:500], request_id)
+        return StreamEvent(kind, model=model, request_id=request_id)
 
     def _generation_retryable(self, error: BaseException) -> bool:
         if isinstance(error, SeedreamAPIError):
@@ -556,6 +650,23 @@ class SeedreamHook(BaseHook):
                     "endpoint that checks its requests; check the Base URL"
                 )
             return False, str(api_error(response))
+
+
+def _server_sent_events(response: requests.Response) -> Iterator[tuple[str | None, str]]:
+    """Yield ``(event name, data)`` of each server-sent event as it arrives."""
+    name: str | None = None
+    data: list[str] = []
+    for line in response.iter_lines(decode_unicode=True):
+        if not line:
+            if data:
+                yield name, "\n".join(data)
+            name, data = None, []
+        elif line.startswith("event:"):
+            name = line[len("event:") :].strip()
+        elif line.startswith("data:"):
+            data.append(line[len("data:") :].lstrip())
+    if data:
+        yield name, "\n".join(data)
 
 
 def endpoint_url(host: str | None, schema: str | None = None, port: int | None = None, path: str | None = None) -> str:

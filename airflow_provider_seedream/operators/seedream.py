@@ -30,6 +30,7 @@ GENERATION_FIELDS = (
     "optimize_prompt_options",
     "tools",
     "layer_decomposition",
+    "stream",
 )
 # Fields a prompt given as a mapping may override for itself.
 PROMPT_ITEM_FIELDS = frozenset(GENERATION_FIELDS) | {"image", "extra_parameters", "key"}
@@ -84,6 +85,8 @@ class SeedreamToS3Operator(BaseOperator):
     :param optimize_prompt_options: e.g. ``{"mode": "standard"}``.
     :param tools: e.g. ``[{"type": "web_search"}]``.
     :param layer_decomposition: ask for the image split into layers.
+    :param stream: have a group streamed: each image is recorded and stored as it arrives, while
+        the rest are still being made, and a read timeout applies between images.
     :param extra_parameters: any other request fields, sent as given (templated).
     :param replace: generate again even when the same images are already stored.
     :param max_concurrency: generation requests in flight at once within the task; as many
@@ -124,6 +127,7 @@ class SeedreamToS3Operator(BaseOperator):
         optimize_prompt_options: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
         layer_decomposition: bool | None = None,
+        stream: bool | None = None,
         extra_parameters: dict[str, Any] | None = None,
         replace: bool = False,
         max_concurrency: int = 8,
@@ -152,6 +156,7 @@ class SeedreamToS3Operator(BaseOperator):
         self.optimize_prompt_options = optimize_prompt_options
         self.tools = tools
         self.layer_decomposition = layer_decomposition
+        self.stream = stream
         self.extra_parameters = extra_parameters or {}
         self.replace = replace
         self.max_concurrency = max_concurrency

@@ -183,7 +183,7 @@ INVALID = [
     ({"image": "data:image/png;base64,"}, "image[0]", "base64"),
     ({"image": ["https://x.test/a.png"] * 12, "sequential_image_generation": "auto",
       "sequential_image_generation_options": {"max_images": 4}}, "image", "at most 15"),
-    ({"stream": True}, "stream", "not supported"),
+    ({"stream": "yes"}, "stream", "must be true or false"),
     ({"model": ""}, "model", "non-empty"),
 ]
 

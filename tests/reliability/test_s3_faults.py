@@ -106,7 +106,6 @@ def test_wrong_credentials_fail_before_spending(guarded_s3, seedream_emulator):
 
 
 def test_refused_uploads_stop_the_batch_and_a_retry_stores_what_was_paid(guarded_s3, seedream_emulator):
-    seedream_emulator.configure(latency=0.3)
     prompts = [f"a guarded painting {n}" for n in range(12)]
     reader = aws_connection(guarded_s3["url"], guarded_s3["key_id"], guarded_s3["secret"])
     done = run_with_aws(reader, prompts)
@@ -114,7 +113,9 @@ def test_refused_uploads_stop_the_batch_and_a_retry_stores_what_was_paid(guarded
     assert done.returncode != 0
     first = quiet_stats(seedream_emulator)
     paid = first["images_generated"]
-    assert 1 <= paid <= 4, "S3 refuses the first record of paid links: nothing more is sent than was in flight"
+    # The DAG sends 4 at a time: S3 refuses the first record of paid links, and nothing is sent
+    # after that beyond the requests already in flight.
+    assert 1 <= paid <= 4
     not_stored = [line for line in log.splitlines() if "(paid for, NOT stored)" in line and "upload failed: AccessDenied" in line]
     named = {line.split("prompt ")[1].split(" ")[0] for line in not_stored}
     assert len(named) == paid, "every image paid for and not stored is named"
