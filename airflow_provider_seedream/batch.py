@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_seedream.concurrency import AdaptiveLimit
 from airflow_provider_seedream.exceptions import (
     NON_RETRYABLE_429_CODES,
     SeedreamAPIError,
@@ -265,6 +266,7 @@ class BatchRunner:
         self._open = 0
         self._jobs: dict[int, PromptJob] = {}
         self._progress: dict[int, _Progress] = {}
+        self.limit = AdaptiveLimit(max_concurrency)
         self._references: dict[str, tuple[float, str]] = {}
         self._reference_locks: dict[str, threading.Lock] = {}
 
@@ -286,6 +288,7 @@ class BatchRunner:
         self._states = {job.index: State.QUEUED for job in jobs}
         self._job_locks = {job.index: threading.Lock() for job in jobs}
         self._progress = {job.index: _Progress() for job in jobs}
+        self.hook.on_rate_limited = lambda error: self.limit.throttled()
         to_generate, to_resume = self._plan(jobs, report)
         with self._changed:
             self._open = len(to_generate) + len(to_resume)
@@ -445,7 +448,8 @@ class BatchRunner:
         report.states = states
         self.log.info(
             "Progress: %d/%d prompts done; %d images generated, %d reused, %d failures, %d outcome unknown; "
-            "%d sending, %d answered and storing; billed images %d, output tokens %d",
+            "%d sending (limit %.1f of %d, %d rate-limited answers), %d answered and storing; "
+            "billed images %d, output tokens %d",
             report.prompts_done,
             report.total_prompts,
             report.generated,
@@ -453,6 +457,9 @@ class BatchRunner:
             len(report.failures),
             report.unknown_outcomes,
             states[State.SENDING.value],
+            self.limit.limit,
+            self.limit.maximum,
+            self.limit.rate_limited,
             states[State.ANSWERED.value],
             report.billed_images,
             report.output_tokens,
@@ -468,19 +475,30 @@ class BatchRunner:
                 job = work.get_nowait()
             except queue.Empty:
                 return
+            if not self.limit.acquire(lambda: self._stop_reason is not None):
+                self._not_sent(job, report, self._stop_reason or "stopped")
+                continue
             with self._changed:
                 reason = self._stop_reason or self._dead_models.get(str(job.body.get("model"))) or self._reserve(job)
                 if reason is None:
                     self._progress[job.index].outstanding = 1  # the request itself
                     self._set_state(job, State.SENDING)
             if reason is not None:
+                self.limit.release()
                 self._not_sent(job, report, reason)
                 continue
+            started = time.monotonic()
+            answered = False
             try:
                 if job.body.get("stream"):
                     self._generate_streamed(job, transfers, report)
+                    answered = True
+                    self.limit.release(time.monotonic() - started)
                 else:
-                    self._answered(job, self._generate(job), transfers, report)
+                    result = self._generate(job)
+                    answered = True
+                    self.limit.release(time.monotonic() - started)
+                    self._answered(job, result, transfers, report)
             except SeedreamUnknownOutcomeError as error:
                 self._settle(job, billed=None)
                 self._unknown(job, error, transfers, report)
@@ -491,6 +509,9 @@ class BatchRunner:
                 self._settle(job, billed=0)
                 self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error)[:300], paid=False))
                 self._release(job, report, complete=False)
+            finally:
+                if not answered:
+                    self.limit.release()
 
     def _reserve(self, job: PromptJob) -> str | None:
         """Hold the job's images against the budget; the reason it may not be sent, if any."""

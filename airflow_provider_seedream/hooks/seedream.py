@@ -212,6 +212,8 @@ class SeedreamHook(BaseHook):
         self.max_download_bytes = max_download_bytes
         self._lock = threading.Lock()
         self._session: requests.Session | None = None
+        #: Called with each rate-limit answer that is about to be retried (an adaptive limit listens).
+        self.on_rate_limited: Callable[[SeedreamAPIError], None] | None = None
         self._settings: dict[str, Any] | None = None
 
     @classmethod
@@ -519,6 +521,8 @@ class SeedreamHook(BaseHook):
     def _retrying(self, predicate: Callable[[BaseException], bool], what: str) -> tenacity.Retrying:
         def log_retry(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, SeedreamAPIError) and error.status == 429 and self.on_rate_limited is not None:
+                self.on_rate_limited(error)
             self.log.warning(
                 "Seedream %s failed (%s); retry %d of %d in %.2f s",
                 what,
