@@ -193,7 +193,8 @@ class AirflowDeployment:
 
     def start_component(self, name: str, *arguments: str) -> Component:
         """Start ``airflow <name> <arguments>`` (a second one of a name gets a numbered log)."""
-        label = name if name not in self.components else f"{name}-{len(self.components)}"
+        label = name.replace(" ", "-")
+        label = label if label not in self.components else f"{label}-{len(self.components)}"
         component = Component(
             label, [airflow_bin(), *name.split(), *arguments], self.env, self.home / "components" / f"{label}.log"
         )

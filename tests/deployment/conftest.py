@@ -5,16 +5,18 @@ DAGs, one of its own for the interruption tests, so that their counters do not m
 S3 server, and Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer
 with a SQLite database in an Airflow home of their own. Connections and the pool are then
 created through the REST API, as a user does in the UI: the ``seedream`` connections carry
-exactly the extras the UI's connection form saves, empty ones as ``null``.
+exactly the extras the UI's connection form saves: every declared field, empty ones as
+``null``.
 
 When a test of this tier fails, the report ends with the tail of every component's output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,18 @@ EXAMPLE_DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 TEST_DAG_FILES = sorted((HERE / "dags").glob("*.py"))
 EXAMPLE_DAGS = ("seedream_daily_banner", "seedream_publish_banners", "seedream_catalog_batch", "seedream_image_variants")
 INTERRUPTION_DAGS = ("seedream_interrupt_timeout", "seedream_interrupt_mark_failed")
-#: What the UI's Add Connection form saves for a ``seedream`` connection whose extra fields are left empty.
-UI_FORM_EXTRAS: dict[str, Any] = {"model": None, "endpoint_path": None, "timeout": None, "max_retries": None}
+
+
+def ui_form_extras() -> dict[str, Any]:
+    """What the UI's Add Connection form saves for a ``seedream`` connection whose extra fields are
+    left as they are: every declared field, with its schema's default or ``null``
+    (``make e2e`` checks this against the form itself)."""
+    from airflow_provider_seedream import CONNECTION_FIELDS
+
+    return {name: field["schema"].get("default") for name, field in CONNECTION_FIELDS.items()}
+
+
+UI_FORM_EXTRAS = ui_form_extras()
 
 
 @dataclass
@@ -45,6 +57,8 @@ class Tier:
     s3_url: str
     bucket: str
     servers: list[Any] = field(default_factory=list)
+    emulator_url: str = ""
+    api_key: str = ""
     started_in: float = 0.0
 
     @property
@@ -87,9 +101,23 @@ def _start_services(tier_servers: list[Any]) -> tuple[Any, Any, Any]:
     return emulator, interrupt_emulator, moto
 
 
-@pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
-    """The deployment, started once per session; connections and pool made through the REST API."""
+@contextlib.contextmanager
+def running_tier(
+    home: Path,
+    label: str,
+    dag_files: Sequence[Path],
+    dag_ids: Sequence[str],
+    executor: str = "LocalExecutor",
+    env: dict[str, str] | None = None,
+    components: Sequence[str] = ("scheduler", "dag-processor", "triggerer"),
+    seedream_connections: Sequence[str] = ("seedream_default", "seedream_interrupt"),
+) -> Iterator[Tier]:
+    """Start the services and a deployment, create connections and the pool through the REST API.
+
+    :param dag_ids: the DAGs that must be parsed, without import errors, before the tier is used.
+    :param seedream_connections: the ``seedream`` connections to create, as the UI form saves
+        them: the first points at the emulator, the others at the interruption emulator.
+    """
     from airflow_provider_seedream.emulator.client import EmulatorClient
     from benchmarks.servers import API_KEY
 
@@ -99,9 +127,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     try:
         emulator, interrupt_emulator, moto = _start_services(servers)
         airflow = AirflowDeployment(
-            tmp_path_factory.mktemp("deployment-home"),
-            [*EXAMPLE_DAG_FILES, *TEST_DAG_FILES],
-            env={"SEEDREAM_BUCKET": BUCKET},
+            home, dag_files, executor=executor, env={"SEEDREAM_BUCKET": BUCKET, **(env or {})}, components=components
         )
         tier = Tier(
             airflow=airflow,
@@ -110,13 +136,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
             s3_url=moto.url,
             bucket=BUCKET,
             servers=servers,
+            emulator_url=emulator.url,
+            api_key=API_KEY,
         )
         tier.s3().create_bucket(Bucket=BUCKET)
         airflow.start()
         rest = airflow.rest
-        wanted = (*EXAMPLE_DAGS, *INTERRUPTION_DAGS)
         wait_for(
-            lambda: rest.import_errors() or all(rest.dag(dag_id) for dag_id in wanted),
+            lambda: rest.import_errors() or all(rest.dag(dag_id) for dag_id in dag_ids),
             180,
             "the dag-processor parses every DAG",
             explain=airflow.component_logs,
@@ -124,7 +151,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
         errors = rest.import_errors()
         assert not errors, json.dumps(errors, indent=2)
 
-        for conn_id, url in (("seedream_default", emulator.url), ("seedream_interrupt", interrupt_emulator.url)):
+        for position, conn_id in enumerate(seedream_connections):
+            url = emulator.url if position == 0 else interrupt_emulator.url
             rest.create_connection(conn_id, "seedream", UI_FORM_EXTRAS, host=url, password=API_KEY)
         rest.create_connection(
             "aws_default",
@@ -135,7 +163,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
         )
         rest.create_pool("seedream_api", 4, "Seedream generation")
         tier.started_in = time.monotonic() - started
-        FIGURES.append(f"deployment tier: services and Airflow components started in {tier.started_in:.1f} s")
+        FIGURES.append(f"{label}: services and Airflow components started in {tier.started_in:.1f} s")
     except BaseException:
         if airflow is not None:
             print(airflow.component_logs())
@@ -150,7 +178,19 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
         airflow.stop()
         for server in servers:
             server.stop()
-        FIGURES.append(f"deployment tier: {time.monotonic() - started:.0f} s from start-up to shut-down")
+        FIGURES.append(f"{label}: {time.monotonic() - started:.0f} s from start-up to shut-down")
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
+    """The deployment, started once per session; connections and pool made through the REST API."""
+    with running_tier(
+        tmp_path_factory.mktemp("deployment-home"),
+        "deployment tier",
+        [*EXAMPLE_DAG_FILES, *TEST_DAG_FILES],
+        (*EXAMPLE_DAGS, *INTERRUPTION_DAGS),
+    ) as tier:
+        yield tier
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -12,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime
 from typing import Any
 
 import pytest
 
-from tests.conftest import FIGURES, ROOT
+from tests.conftest import ROOT
 from tests.deployment.airflow_deployment import FINISHED, wait_for
-from tests.deployment.conftest import Tier
+from tests.deployment.conftest import UI_FORM_EXTRAS, Tier
+from tests.deployment.runs import RUN_TIMEOUT, ExampleRuns, start_example_runs
 
 DATA = ROOT / "data"
-RUN_TIMEOUT = 420
 BANNER_CONF = {"size": "1K", "style": "neon"}
 CATALOG_CONF = {"size": "1K", "chunk_size": 5}
 VARIANTS = [
@@ -31,95 +30,17 @@ VARIANTS = [
 ]
 
 
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def record_duration(tier: Tier, dag_id: str, run: dict[str, Any]) -> None:
-    """Add how long the run took under the scheduler to the session's figures."""
-    if run.get("start_date") and run.get("end_date"):
-        ran = (parse_time(run["end_date"]) - parse_time(run["start_date"])).total_seconds()
-        waited = (parse_time(run["end_date"]) - parse_time(run["queued_at"])).total_seconds()
-        FIGURES.append(
-            f"deployment tier: {dag_id} ({run['run_type']}) {run['state']} in {ran:.1f} s "
-            f"({waited:.1f} s from being queued)"
-        )
-
-
-class ExampleRuns:
-    """The runs triggered by the module's fixture, and helpers to wait for them."""
-
-    def __init__(self, tier: Tier, run_ids: dict[str, str]) -> None:
-        self.tier = tier
-        self.run_ids = run_ids
-        self.finished: dict[str, dict[str, Any]] = {}
-
-    def wait(self, dag_id: str, run_id: str | None = None) -> dict[str, Any]:
-        run_id = run_id or self.run_ids[dag_id]
-        if run_id not in self.finished:
-            run = self.tier.rest.wait_for_run(
-                dag_id, run_id, RUN_TIMEOUT, explain=lambda: self.tier.explain(dag_id, run_id), fail_on_retry=True
-            )
-            record_duration(self.tier, dag_id, run)
-            self.finished[run_id] = run
-        return self.finished[run_id]
-
-    def assert_succeeded(self, dag_id: str, run_id: str | None = None) -> dict[str, Any]:
-        run = self.wait(dag_id, run_id)
-        run_id = run["dag_run_id"]
-        assert run["state"] == "success", self.tier.explain(dag_id, run_id)
-        for ti in self.tier.rest.task_instances(dag_id, run_id):
-            assert ti["state"] == "success" and ti["try_number"] == 1, self.tier.explain(dag_id, run_id)
-        return run
-
-    def scheduled_banner_run(self) -> dict[str, Any]:
-        """The run the scheduler started on its own when the banner DAG was unpaused."""
-
-        def scheduled() -> dict[str, Any] | None:
-            runs = [run for run in self.tier.rest.dag_runs("seedream_daily_banner") if run["run_type"] == "scheduled"]
-            return runs[0] if runs else None
-
-        return wait_for(scheduled, 120, "the scheduler starts a scheduled seedream_daily_banner run")
-
-    def wait_all(self) -> None:
-        """Wait until no run of any example DAG is queued or running."""
-
-        def quiet() -> bool:
-            return all(
-                run["state"] in FINISHED for dag_id in self.run_ids for run in self.tier.rest.dag_runs(dag_id)
-            )
-
-        wait_for(quiet, RUN_TIMEOUT, "every example run finishes", interval=1.0, explain=self.tier.airflow.component_logs)
-        for dag_id, run_id in self.run_ids.items():
-            self.wait(dag_id, run_id)
-
-
 @pytest.fixture(scope="module")
 def example_runs(deployment: Tier) -> ExampleRuns:
     """Upload the sample catalog and photos, then unpause and trigger every example DAG."""
-    s3 = deployment.s3()
-    s3.upload_file(str(DATA / "catalog_sample.jsonl"), deployment.bucket, "catalogs/catalog_sample.jsonl")
-    for photo in sorted((DATA / "photos").glob("*.jpg")):
-        s3.upload_file(str(photo), deployment.bucket, f"photos/{photo.name}")
-    rest = deployment.rest
-    run_ids = {}
-    for dag_id, conf in (
-        ("seedream_daily_banner", BANNER_CONF),
-        ("seedream_catalog_batch", CATALOG_CONF),
-        ("seedream_image_variants", {"size": "1K", "variants": VARIANTS}),
-    ):
-        run = rest.trigger(dag_id, conf)
-        assert run["logical_date"] is None and run["run_type"] == "manual"
-        run_ids[dag_id] = run["dag_run_id"]
-    for dag_id in ("seedream_publish_banners", "seedream_daily_banner", "seedream_catalog_batch", "seedream_image_variants"):
-        rest.unpause(dag_id)
-    return ExampleRuns(deployment, run_ids)
+    return start_example_runs(deployment, BANNER_CONF, CATALOG_CONF, VARIANTS)
 
 
 def test_connections_hold_the_extras_the_ui_form_saves(deployment: Tier):
     saved = deployment.rest.connection("seedream_default")
     assert saved["conn_type"] == "seedream" and saved["password"] == "***"
-    assert json.loads(saved["extra"]) == {"model": None, "endpoint_path": None, "timeout": None, "max_retries": None}
+    extra = json.loads(saved["extra"])
+    assert extra == UI_FORM_EXTRAS and extra["max_retries"] is None and extra["timeout"] is None
 
 
 def test_manual_banner_run_stores_banners_dated_by_the_run(deployment: Tier, example_runs: ExampleRuns):
