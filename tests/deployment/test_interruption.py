@@ -4,8 +4,8 @@ Each test runs a 60-prompt batch (4 requests in flight, 1.5 s per generation, ab
 all) against an emulator of its own and interrupts it after a few seconds. What must hold:
 
 - the operator gives up within seconds of the interruption (its failure is logged), and the
-  task process ends soon after (for "mark failed": on the supervisor's SIGTERM, without
-  Airflow having to escalate to SIGKILL);
+  task process exits (watched in ``/proc``: Airflow's supervisor may notice the exit seconds
+  later) before Airflow would escalate its SIGTERM to SIGKILL;
 - no generation request starts after the interruption, and none at all once the task ended;
 - every image the emulator billed is either stored under the prefix or listed in an
   ``answered`` pending record (links a retry stores from), except at most
@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,11 +31,9 @@ PROMPTS = 60
 MAX_CONCURRENCY = 4
 LATENCY = 1.5
 EXECUTION_TIMEOUT = 8.0
-#: Seconds from the interruption to the operator's failure: its grace for requests in flight, and a margin.
-STOPS_WITHIN = 5.0
-#: Seconds from the interruption to the end of the task process; Airflow 3.3.2 itself takes about
-#: 5 s to end the process of any failed task.
-ENDS_WITHIN = 15.0
+#: Seconds from the interruption to the operator's failure, and to the exit of the task process.
+#: Airflow sends SIGKILL 5 s after its SIGTERM; the operator's grace for requests in flight is 3 s.
+ENDS_WITHIN = 5.0
 #: Seconds a request may take to reach the emulator on a loaded machine.
 TRANSIT = 2.0
 RUN_TIMEOUT = 180
@@ -99,6 +98,36 @@ def interruption(deployment: Tier):
     emulator.configure(latency=0.0)
 
 
+def running_pid(tier: Tier, dag_id: str, run_id: str) -> int:
+    """The process id of the running task (on this machine: LocalExecutor)."""
+
+    def pid() -> int | None:
+        ti = tier.rest.task_instance(dag_id, run_id, "generate")
+        return ti["pid"] if ti["state"] == "running" and ti.get("pid") else None
+
+    return wait_for(pid, RUN_TIMEOUT, "the task is running", interval=0.2, explain=lambda: tier.explain(dag_id, run_id))
+
+
+def exited(pid: int) -> bool:
+    """The process is gone, or a zombie its supervisor has not reaped yet."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def exit_time(tier: Tier, pid: int, dag_id: str, run_id: str) -> float:
+    """The wall-clock time the task process exited, watched from now on."""
+    return wait_for(
+        lambda: time.time() if exited(pid) else None,
+        RUN_TIMEOUT,
+        f"the task process {pid} exits",
+        interval=0.05,
+        explain=lambda: tier.explain(dag_id, run_id),
+    )
+
+
 def assert_stopped_and_accounted(tier: Tier, prefix: str, interrupted_at: float, explanation: str) -> Outcome:
     """No request after the interruption, none after the end, and every billed image stored or recorded."""
     result = outcome(tier, prefix)
@@ -126,6 +155,8 @@ def test_execution_timeout_ends_the_task_within_seconds(interruption: Tier):
     tier = interruption
     dag_id, prefix = "seedream_interrupt_timeout", "timeout"
     run_id = tier.rest.trigger(dag_id, {"prefix": prefix})["dag_run_id"]
+    pid = running_pid(tier, dag_id, run_id)
+    exited_at = exit_time(tier, pid, dag_id, run_id)
     run = tier.rest.wait_for_run(dag_id, run_id, RUN_TIMEOUT, explain=lambda: tier.explain(dag_id, run_id))
     explanation = tier.explain(dag_id, run_id)
     assert run["state"] == "failed", explanation
@@ -138,13 +169,13 @@ def test_execution_timeout_ends_the_task_within_seconds(interruption: Tier):
     assert timed_out is not None and failed is not None, explanation
     interrupted_at = log_time(timed_out["timestamp"])
     stopped = log_time(failed["timestamp"]) - interrupted_at
-    ended = log_time(ti["end_date"]) - interrupted_at
-    assert stopped <= STOPS_WITHIN, f"the operator stopped {stopped:.1f} s after the timeout\n{explanation}"
-    assert ended <= ENDS_WITHIN, f"the task ended {ended:.1f} s after the timeout\n{explanation}"
+    ended = exited_at - interrupted_at
+    assert stopped <= ENDS_WITHIN, f"the operator stopped {stopped:.1f} s after the timeout\n{explanation}"
+    assert ended <= ENDS_WITHIN, f"the task process exited {ended:.1f} s after the timeout\n{explanation}"
 
     result = assert_stopped_and_accounted(tier, prefix, interrupted_at, explanation)
     FIGURES.append(
-        f"deployment tier: execution timeout: operator stopped {stopped:.1f} s after it, task ended after "
+        f"deployment tier: execution timeout: operator stopped {stopped:.1f} s after it, process exited after "
         f"{ended:.1f} s; {result.describe()}"
     )
 
@@ -153,6 +184,7 @@ def test_marking_a_running_task_failed_ends_it_within_seconds(interruption: Tier
     tier = interruption
     dag_id, prefix = "seedream_interrupt_mark_failed", "mark-failed"
     run_id = tier.rest.trigger(dag_id, {"prefix": prefix})["dag_run_id"]
+    pid = running_pid(tier, dag_id, run_id)
     wait_for(
         lambda: tier.interrupt_emulator.stats()["generation_requests"] >= 2 * MAX_CONCURRENCY,
         RUN_TIMEOUT,
@@ -161,6 +193,7 @@ def test_marking_a_running_task_failed_ends_it_within_seconds(interruption: Tier
         explain=lambda: tier.explain(dag_id, run_id),
     )
     tier.rest.set_task_state(dag_id, run_id, "generate", "failed")
+    exited_at = exit_time(tier, pid, dag_id, run_id)
 
     def killed() -> list[dict[str, Any]] | None:
         entries = tier.rest.task_log_entries(dag_id, run_id, "generate", 1)
@@ -173,15 +206,13 @@ def test_marking_a_running_task_failed_ends_it_within_seconds(interruption: Tier
     assert terminating is not None and failed is not None, explanation
     interrupted_at = log_time(terminating["timestamp"])
     stopped = log_time(failed["timestamp"]) - interrupted_at
-    ended = log_time(find_entry(entries, "Task killed!")["timestamp"]) - interrupted_at
-    assert stopped <= STOPS_WITHIN, f"the operator stopped {stopped:.1f} s after SIGTERM\n{explanation}"
-    assert ended <= ENDS_WITHIN, f"the task ended {ended:.1f} s after SIGTERM\n{explanation}"
-    scheduler_log = tier.airflow.components["scheduler"].log_path.read_text(errors="replace")
-    assert "did not terminate in time" not in scheduler_log, "Airflow had to escalate to SIGKILL"
+    ended = exited_at - interrupted_at
+    assert stopped <= ENDS_WITHIN, f"the operator stopped {stopped:.1f} s after SIGTERM\n{explanation}"
+    assert ended < ENDS_WITHIN, f"the task process exited {ended:.1f} s after SIGTERM\n{explanation}"
     assert tier.rest.dag_run(dag_id, run_id)["state"] in ("failed", "running")
 
     result = assert_stopped_and_accounted(tier, prefix, interrupted_at, explanation)
     FIGURES.append(
-        f"deployment tier: marked failed: operator stopped {stopped:.1f} s after SIGTERM, task ended after "
+        f"deployment tier: marked failed: operator stopped {stopped:.1f} s after SIGTERM, process exited after "
         f"{ended:.1f} s; {result.describe()}"
     )
