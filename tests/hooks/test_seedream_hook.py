@@ -524,3 +524,63 @@ def test_downloads_go_through_the_environments_proxy(hook, seedream_emulator, mo
         proxy.shutdown()
     assert relayed == [image.url], "the signed link went through the proxy, exactly as received"
     assert downloaded.sha256 in served_digests
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+GROUP = {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}
+
+
+def test_a_streamed_group_yields_each_image_then_the_usage(hook, seedream_emulator):
+    events = list(hook.generate_images("a streamed comic strip", size="1K", stream=True, **GROUP))
+    assert [event.type for event in events] == [
+        "image_generation.partial_succeeded",
+        "image_generation.partial_succeeded",
+        "image_generation.partial_succeeded",
+        "image_generation.completed",
+    ]
+    assert [event.image.index for event in events[:3]] == [0, 1, 2]
+    assert events[-1].usage["generated_images"] == 3
+    served = {image["sha256"] for image in seedream_emulator.images()}
+    for event in events[:3]:
+        assert hook.download_image(event.image, io.BytesIO()).sha256 in served
+
+
+def test_a_streamed_per_item_failure_keeps_the_other_images(hook, seedream_emulator):
+    events = list(hook.generate_images("a streamed strip [item-error]", size="1K", stream=True, **GROUP))
+    failed = [event for event in events if event.type == "image_generation.partial_failed"]
+    assert len(failed) == 1 and failed[0].image.error_code == "OutputImageSensitiveContentDetected"
+    assert sum(event.type == "image_generation.partial_succeeded" for event in events) == 2
+
+
+def test_a_streamed_request_is_checked_before_anything_is_sent(hook, seedream_emulator):
+    with pytest.raises(SeedreamValidationError, match="size"):
+        hook.generate_images("a strip", size="9x9000", stream=True, **GROUP)
+    assert seedream_emulator.stats()["generation_requests"] == 0
+
+
+def test_an_abandoned_stream_closes_its_connection(hook, seedream_emulator):
+    seedream_emulator.configure(latency=0.2)
+    events = hook.generate_images("a long strip", size="1K", stream=True, **{
+        "sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 10},
+    })
+    first = next(events)
+    assert first.image.index == 0
+    events.close()  # the caller stops reading
+    deadline = time.monotonic() + 30
+    while seedream_emulator.stats()["generation_in_flight"]:
+        assert time.monotonic() < deadline, "the emulator never saw the client leave"
+        time.sleep(0.05)
+
+
+def test_a_stream_that_breaks_off_is_an_unknown_outcome_after_its_images(hook, seedream_emulator):
+    seedream_emulator.configure(script=["reset"], fault_seed=3)
+    received = []
+    with pytest.raises(SeedreamUnknownOutcomeError, match="stream broke off|stream ended"):
+        for event in hook.generate_images("a strip cut short", size="1K", stream=True, **{
+            "sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 6},
+        }):
+            received.append(event)
+    assert all(event.type == "image_generation.partial_succeeded" for event in received)
+    assert seedream_emulator.stats()["generation_requests"] == 1, "a broken stream is not sent again"

@@ -48,7 +48,10 @@ def operator(bucket: str, prompts: Any, **kwargs: Any) -> SeedreamToS3Operator:
 
 
 def execute(op: SeedreamToS3Operator, run_id: str = "run-1") -> list[dict[str, Any]]:
-    return op.execute({"ti": SimpleNamespace(map_index=-1), "dag_run": SimpleNamespace(run_id=run_id)})
+    """Run ``execute`` as the task runner does, with the parts of the context the operator uses."""
+    pushed: dict[str, Any] = {}
+    ti = SimpleNamespace(map_index=-1, xcom_push=lambda key, value, **_: pushed.__setitem__(key, value))
+    return op.execute({"ti": ti, "dag_run": SimpleNamespace(run_id=run_id)})
 
 
 def objects(s3_client, bucket: str, prefix: str = "p/") -> dict[str, bytes]:
@@ -386,3 +389,36 @@ def test_prompt_text_ending_in_txt_is_text_not_a_template_file(bucket):
     op = operator(bucket, ["a poster titled notes.txt", "{{ params.word }} in a file called draft.j2"])
     op.render_template_fields({"params": {"word": "rain"}})
     assert op.prompt == ["a poster titled notes.txt", "rain in a file called draft.j2"]
+
+
+# -- streamed groups -------------------------------------------------------------------------
+
+
+STREAMED = {"stream": True, "sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 4}}
+
+
+def test_a_streamed_group_is_stored_image_by_image_and_reused_whole(seedream_emulator, s3_client, bucket):
+    stored = execute(operator(bucket, ["a streamed storyboard", "another storyboard"], **STREAMED))
+    assert sorted(record["key"] for record in stored) == [f"p/{p:05d}-{i:02d}.jpg" for p in range(2) for i in range(4)]
+    assert {record["sha256"] for record in stored} == {image["sha256"] for image in seedream_emulator.images()}
+    assert records(s3_client, bucket) == {}
+    seedream_emulator.reset()
+    again = execute(operator(bucket, ["a streamed storyboard", "another storyboard"], **STREAMED))
+    assert seedream_emulator.stats()["generation_requests"] == 0, "a sealed group is reused whole"
+    assert all(record["reused"] for record in again) and len(again) == 8
+
+
+def test_a_stopped_stream_keeps_the_images_it_delivered(seedream_emulator, s3_client, bucket):
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow.sdk.execution_time.timeout import timeout
+
+    seedream_emulator.configure(latency=1.0)  # one image a second
+    group = {**STREAMED, "sequential_image_generation_options": {"max_images": 15}}
+    with pytest.raises(AirflowTaskTimeout):
+        with timeout(3):
+            execute(operator(bucket, ["a fifteen-panel strip"], max_concurrency=1, **group))
+    billed, stored, linked, unknown = accounted(seedream_emulator, s3_client, bucket)
+    assert 1 <= stored <= 6, "the images delivered before the stop are stored"
+    [record] = records(s3_client, bucket).values()
+    assert record["status"] == "unknown" and record["requested_images"] == 15
+    assert billed <= stored + unknown, "whatever the service went on to make is recorded as possibly billed"
