@@ -362,7 +362,7 @@ def test_refused_prompt_is_not_retried(hook, seedream_emulator):
     assert seedream_emulator.stats()["generation_requests"] == 1
 
 
-def test_wrong_key_is_not_retried_and_never_shown(seedream_emulator, monkeypatch):
+def test_wrong_key_is_not_retried_and_never_shown(seedream_emulator):
     seedream_emulator.configure(api_key="the-right-key")
     hook = SeedreamHook(**FAST)
     with pytest.raises(SeedreamAPIError) as raised:

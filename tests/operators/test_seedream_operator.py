@@ -84,8 +84,13 @@ def test_rerun_costs_nothing_and_a_changed_prompt_is_regenerated(seedream_emulat
     assert {record["size"] for record in resized} == {"2048x2048"}
 
     seedream_emulator.reset()
-    run_dag("seedream_test_replace", prompts=changed, bucket=bucket, size="2K")
+    replaced_run = run_dag("seedream_test_replace", prompts=changed, bucket=bucket, size="2K")
+    assert replaced_run.state == "success"
     assert seedream_emulator.stats()["generation_requests"] == 3
+    replaced = task_xcom(replaced_run, "generate")
+    assert [record["reused"] for record in replaced] == [False, False, False]
+    assert [record["key"] for record in replaced] == [record["key"] for record in resized]
+    assert all(new["sha256"] != old["sha256"] for new, old in zip(replaced, resized)), "every image was made anew"
 
 
 def test_templated_prompts_and_prompt_files(seedream_emulator, s3_client, bucket):
