@@ -2,7 +2,9 @@
 
 The same checks run in the hook (before sending) and in the emulator (as the
 service would answer). Unknown models get only the generic checks; unknown
-fields pass through untouched.
+fields pass through untouched. A field set to JSON ``null`` counts as absent, as
+the service treats it: clients such as VolcEngine's Ark SDK send every unset
+field as ``null``.
 """
 
 from __future__ import annotations
@@ -76,12 +78,25 @@ def parse_size(size: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def without_nulls(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``body`` without its ``null`` fields, in nested objects too: ``null`` means absent.
+
+    Lists are kept as they are: a ``null`` inside a list is a value, and an invalid one.
+    """
+    return {
+        key: without_nulls(value) if isinstance(value, Mapping) else value
+        for key, value in body.items()
+        if value is not None
+    }
+
+
 def requested_image_count(body: Mapping[str, Any]) -> int:
     """How many images the request asks for: its ``max_images`` in group mode, else 1.
 
     A group request without ``max_images`` counts as 1: the service then fills the group up
-    to what the reference images leave of the limit.
+    to what the reference images leave of the limit. ``null`` fields count as absent.
     """
+    body = without_nulls(body)
     if body.get("sequential_image_generation") != "auto":
         return 1
     options = body.get("sequential_image_generation_options") or {}
@@ -91,9 +106,10 @@ def requested_image_count(body: Mapping[str, Any]) -> int:
 def validate_request(body: Mapping[str, Any]) -> list[str]:
     """Check a request body; raise :class:`SeedreamValidationError` on the first invalid field.
 
-    :param body: the JSON body as it would be sent.
+    :param body: the JSON body as it would be sent; ``null`` fields count as absent.
     :return: warnings that do not stop the request (such as a long prompt).
     """
+    body = without_nulls(body)
     warnings: list[str] = []
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():

@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate-504", type=float, default=0.0, help="share of generations made, then answered 504 by a gateway"
     )
-    parser.add_argument("--rate-reset", type=float, default=0.0, help="share of generations whose connection breaks")
+    parser.add_argument(
+        "--rate-reset",
+        type=float,
+        default=0.0,
+        help="share of generations whose connection breaks (a stream is cut after some of its images)",
+    )
     parser.add_argument("--rate-slow", type=float, default=0.0, help="share of generations delayed by --slow-seconds")
     parser.add_argument("--slow-seconds", type=float, default=30.0, help="delay of a slow generation")
     parser.add_argument(

@@ -19,6 +19,10 @@ client may leave, the images, and the answer (the images, a ``500``, a gateway `
 ``504``, or a broken connection). Under ``bill_abandoned`` images whose answer never reaches
 the client (it left, the connection broke, a gateway lost the answer) are still made and billed,
 and counted in ``billed_unanswered``; otherwise such a request bills nothing.
+
+A request with ``stream: true`` is answered with server-sent events, one image at a time (see
+:mod:`~airflow_provider_seedream.emulator.streaming`), with or without group mode. Fields set to
+JSON ``null`` count as absent, as the service treats them.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from airflow_provider_seedream.emulator.generation import (
     resolve_size,
 )
 from airflow_provider_seedream.emulator.images import MAX_RENDER_PIXELS, ImageCache, shared_cache
+from airflow_provider_seedream.emulator.painting import caption_of
 from airflow_provider_seedream.emulator.references import ReferenceFetchError, fetch_references
 from airflow_provider_seedream.emulator.responses import (
     BrokenResponse,
@@ -57,14 +62,14 @@ from airflow_provider_seedream.emulator.responses import (
 )
 from airflow_provider_seedream.emulator.signing import ACCESS_DENIED_BODY, UrlSigner, matches
 from airflow_provider_seedream.emulator.state import EmulatorState
+from airflow_provider_seedream.emulator.streaming import GenerationStream, wait_while_connected
 from airflow_provider_seedream.exceptions import SeedreamValidationError
-from airflow_provider_seedream.validation import validate_request
+from airflow_provider_seedream.validation import validate_request, without_nulls
 
 log = logging.getLogger(__name__)
 
 GENERATION_PATHS = ("/v1/images/generations", "/api/v3/images/generations")
 _REQUIRED_FIELDS = ("model", "prompt")
-_DISCONNECT_POLL_SECONDS = 0.1
 # Faults under which the model makes the images, whether or not their answer reaches the client.
 _MODEL_FAULTS = ("ok", "slow", *UNANSWERED_FAULTS)
 # A reset answers headers that promise this many bytes, then only the first few.
@@ -110,7 +115,7 @@ def create_app(config: EmulatorConfig | None = None, *, cache: ImageCache | None
     """Build the emulator app.
 
     :param config: the knobs at start (and after each reset); defaults to :class:`EmulatorConfig`.
-    :param cache: where rendered bases are kept; defaults to the process-wide cache.
+    :param cache: where encoded image bands are kept; defaults to the process-wide cache.
     """
     state = EmulatorState(config or EmulatorConfig())
     signer = UrlSigner()
@@ -123,15 +128,19 @@ def create_app(config: EmulatorConfig | None = None, *, cache: ImageCache | None
 
     async def generate_images(request: Request) -> Response:
         # Counted in flight until every counter of the request is final, so a caller that waits
-        # for ``generation_in_flight == 0`` reads complete stats.
+        # for ``generation_in_flight == 0`` reads complete stats. A stream does its work while it
+        # is sent, after this returns: it leaves the count itself.
         state.enter_generation()
+        streamed = False
         try:
             response = await _generation(request, state, signer, images)
-            if not isinstance(response, (BrokenResponse, _Abandoned)):
+            streamed = isinstance(response, GenerationStream)
+            if not isinstance(response, (BrokenResponse, _Abandoned, GenerationStream)):
                 state.count_status("generation_status", response.status_code)
             return response
         finally:
-            state.leave_generation()
+            if not streamed:
+                state.leave_generation()
 
     for path in GENERATION_PATHS:
         app.add_api_route(path, generate_images, methods=["POST"], include_in_schema=True, summary="Generate images")
@@ -146,7 +155,7 @@ def create_app(config: EmulatorConfig | None = None, *, cache: ImageCache | None
 
     @app.get("/_emulator/health", summary="Whether the emulator is up")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "renders": images.renders}
+        return {"status": "ok", "renders": images.renders, "captions": images.captions}
 
     @app.get("/_emulator/config", summary="The current knobs")
     async def get_config() -> dict[str, Any]:
@@ -209,6 +218,7 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
         return bad_request("InvalidParameter", "The request body is not valid JSON.")
     if not isinstance(body, dict):
         return bad_request("InvalidParameter", "The request body must be a JSON object.")
+    body = without_nulls(body)
     for name in _REQUIRED_FIELDS:
         if name not in body:
             return bad_request(
@@ -218,10 +228,6 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
         validate_request(body)
     except SeedreamValidationError as error:
         return bad_request("InvalidParameter", str(error), error.field)
-    if body.get("stream"):
-        return bad_request(
-            "InvalidParameter", "stream: streaming (server-sent events) is not supported by the emulator.", "stream"
-        )
     prompt: str = body["prompt"]
     if config.missing_model_marker and config.missing_model_marker in str(body["model"]):
         return service_error(
@@ -285,7 +291,11 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
         base_url=str(request.base_url),
         url_ttl=config.url_ttl,
         attempt=draw.attempt,
+        caption=caption_of(prompt),
     )
+    if body.get("stream"):
+        cut = state.draw_cut(count, model, digest, draw.attempt) if fault == "reset" else None
+        return GenerationStream(request, plan, fault, cut, config, state, cache, signer)
     return await _answer(request, plan, fault, config, state, cache, signer)
 
 
@@ -300,7 +310,7 @@ async def _answer(
 ) -> Response:
     """Do the model's work for an accepted request and answer it as ``fault`` says."""
     delay = config.latency + (config.slow_seconds if fault == "slow" else 0.0)
-    connected = await _wait_while_connected(request, delay)
+    connected = await wait_while_connected(request, delay)
     if connected and fault == "500":
         return service_error(
             500,
@@ -365,17 +375,6 @@ def _refusal(fault: str, request_id: str, config: EmulatorConfig) -> Response | 
             param="",
         )
     return None
-
-
-async def _wait_while_connected(request: Request, seconds: float) -> bool:
-    """Sleep ``seconds``; return ``False`` as soon as the client is gone."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while (remaining := deadline - loop.time()) > 0:
-        await asyncio.sleep(min(_DISCONNECT_POLL_SECONDS, remaining))
-        if await request.is_disconnected():
-            return False
-    return not await request.is_disconnected()
 
 
 def _download(file_name: str, request: Request, state: EmulatorState) -> Response:

@@ -57,7 +57,8 @@ class EmulatorConfig:
         the images: an HTML body and no links (billed under ``bill_abandoned``).
     :param rate_504: the same with 504, as a gateway that stopped waiting for the model.
     :param rate_reset: share of generation requests whose connection breaks mid-response, after
-        the model made the images (billed under ``bill_abandoned``).
+        the model made the images (billed under ``bill_abandoned``). A stream is cut after a drawn
+        number of images: those before the cut arrived; the rest are billed under ``bill_abandoned``.
     :param rate_slow: share of generation requests delayed by ``slow_seconds``.
     :param slow_seconds: the delay of a slow request.
     :param bill_abandoned: generate and bill the images of a request whose answer never reaches

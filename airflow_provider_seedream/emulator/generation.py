@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_seedream.emulator.images import EXTENSIONS, ImageCache, ImageRecord, RenderedBase, tag_image
+from airflow_provider_seedream.emulator.images import EXTENSIONS, ImageCache, ImageRecord, tag_picture
+from airflow_provider_seedream.emulator.painting import PictureSpec
 from airflow_provider_seedream.emulator.signing import UrlSigner
 from airflow_provider_seedream.validation import (
     ADAPTIVE_SIZE,
@@ -19,6 +20,7 @@ from airflow_provider_seedream.validation import (
     model_limits,
     parse_size,
     requested_image_count,
+    without_nulls,
 )
 
 #: Sizes the presets stand for.
@@ -41,7 +43,7 @@ FILES_PATH = "_emulator/files"
 def resolve_size(body: Mapping[str, Any]) -> tuple[int, int]:
     """Return ``(width, height)`` for the request's ``size`` (a preset, ``WxH`` or the default).
 
-    Seededit models default to ``adaptive``; other models to ``2048x2048``.
+    Seededit models default to ``adaptive``; other models to ``2048x2048``. ``null`` means absent.
     """
     size = body.get("size")
     if size is None:
@@ -56,7 +58,10 @@ def resolve_size(body: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def resolve_format(body: Mapping[str, Any]) -> str:
-    """Return ``png`` or ``jpeg``: the request's ``output_format``, except JPEG for 3.x and 4.x models."""
+    """Return ``png`` or ``jpeg``: the request's ``output_format``, except JPEG for 3.x and 4.x models.
+
+    A missing or ``null`` ``output_format`` means JPEG.
+    """
     model = str(body.get("model", ""))
     if any(marker in model for marker in _JPEG_ONLY):
         return "jpeg"
@@ -67,7 +72,9 @@ def image_count(body: Mapping[str, Any]) -> int:
     """How many items the request gets: ``max_images`` in group mode, else 1.
 
     A group without ``max_images`` gets what the reference images leave of the limit of 15.
+    ``null`` fields count as absent.
     """
+    body = without_nulls(body)
     options = body.get("sequential_image_generation_options") or {}
     if body.get("sequential_image_generation") == "auto" and "max_images" not in options:
         image = body.get("image")
@@ -97,6 +104,7 @@ class GenerationPlan:
     :param base_url: the emulator's base URL as the client used it, ending with ``/``.
     :param url_ttl: seconds the links stay valid.
     :param attempt: how many requests for the same model and prompt came before, plus one.
+    :param caption: the prompt's first words, written on the images.
     """
 
     model: str
@@ -111,6 +119,33 @@ class GenerationPlan:
     base_url: str
     url_ttl: float
     attempt: int = 1
+    caption: str = ""
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Output tokens billed for each image made: about its pixels / 256."""
+        return self.width * self.height // 256
+
+    def usage(self, made: int) -> dict[str, int]:
+        """Return the ``usage`` object for ``made`` images."""
+        tokens = self.tokens_per_image * made
+        return {"generated_images": made, "output_tokens": tokens, "total_tokens": tokens}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One item of a request: an image made, or a failure.
+
+    :param index: its position in the request.
+    :param data: the ``data[]`` entry: ``url`` or ``b64_json`` and ``size``, or ``error``.
+    :param record: the image made (billed), or ``None`` for a failed item.
+    :param created: unix time at which it was made.
+    """
+
+    index: int
+    data: dict[str, Any]
+    record: ImageRecord | None
+    created: float
 
 
 @dataclass(frozen=True)
@@ -127,55 +162,59 @@ class GenerationOutcome:
     item_errors: int
 
 
+def make_item(
+    plan: GenerationPlan, index: int, cache: ImageCache, signer: UrlSigner, created: float | None = None
+) -> Item:
+    """Make item ``index`` of the plan (blocking: run it in a worker thread).
+
+    :param created: the unix time to stamp; now when not given.
+    """
+    created = time.time() if created is None else created
+    if index in plan.failing:
+        error = {
+            "code": "OutputImageSensitiveContentDetected",
+            "message": "The generated image may contain sensitive information and was withheld. "
+            f"Request id: {plan.request_id}",
+        }
+        return Item(index, {"error": error}, None, created)
+    spec = PictureSpec(plan.width, plan.height, plan.fmt, plan.prompt_sha256, index, plan.caption)
+    picture = cache.picture(spec)
+    image_id = secrets.token_hex(12)
+    tag, digest, length = tag_picture(picture, plan.fmt, id=image_id, request=plan.request_id, index=index)
+    file_name = f"{image_id}.{EXTENSIONS[plan.fmt]}"
+    query = signer.query(file_name, created, plan.url_ttl)
+    record = ImageRecord(
+        image_id=image_id,
+        spec=spec,
+        cache=cache,
+        tag=tag,
+        sha256=digest,
+        length=length,
+        created=created,
+        request_id=plan.request_id,
+        index=index,
+        query=query,
+        expires_at=created + plan.url_ttl,
+        draw_key=f"{plan.model}\x1f{plan.prompt_sha256}\x1f{plan.attempt}\x1f{index}",
+    )
+    if plan.response_format == "b64_json":
+        parts = picture.with_tag(tag)
+        data = {"b64_json": base64.b64encode(b"".join(parts)).decode("ascii"), "size": spec.size}
+    else:
+        data = {"url": f"{plan.base_url}{FILES_PATH}/{file_name}?{query}", "size": spec.size}
+    return Item(index, data, record, created)
+
+
 def produce(plan: GenerationPlan, cache: ImageCache, signer: UrlSigner) -> GenerationOutcome:
-    """Make the plan's images and the response body (blocking: run it in a worker thread)."""
-    base: RenderedBase | None = None
+    """Make all the plan's items and the response body (blocking: run it in a worker thread)."""
     created = time.time()
-    data: list[dict[str, Any]] = []
-    records: list[ImageRecord] = []
-    for index in range(plan.count):
-        if index in plan.failing:
-            data.append(
-                {
-                    "error": {
-                        "code": "OutputImageSensitiveContentDetected",
-                        "message": "The generated image may contain sensitive information and was withheld. "
-                        f"Request id: {plan.request_id}",
-                    }
-                }
-            )
-            continue
-        if base is None:
-            base = cache.get(plan.width, plan.height, plan.fmt)
-        image_id = secrets.token_hex(12)
-        tag, digest, length = tag_image(base, id=image_id, request=plan.request_id, index=index)
-        file_name = f"{image_id}.{EXTENSIONS[base.fmt]}"
-        query = signer.query(file_name, created, plan.url_ttl)
-        record = ImageRecord(
-            image_id=image_id,
-            base=base,
-            tag=tag,
-            sha256=digest,
-            length=length,
-            prompt_sha256=plan.prompt_sha256,
-            created=created,
-            request_id=plan.request_id,
-            index=index,
-            query=query,
-            expires_at=created + plan.url_ttl,
-            draw_key=f"{plan.model}\x1f{plan.prompt_sha256}\x1f{plan.attempt}\x1f{index}",
-        )
-        if plan.response_format == "b64_json":
-            data.append({"b64_json": base64.b64encode(record.read()).decode("ascii"), "size": record.size})
-        else:
-            data.append({"url": f"{plan.base_url}{FILES_PATH}/{record.file_name}?{query}", "size": record.size})
-        records.append(record)
-    tokens = plan.width * plan.height * len(records) // 256
+    items = [make_item(plan, index, cache, signer, created) for index in range(plan.count)]
+    records = [item.record for item in items if item.record is not None]
     body = {
         "created": int(created),
         "model": plan.model,
-        "data": data,
-        "usage": {"generated_images": len(records), "output_tokens": tokens, "total_tokens": tokens},
+        "data": [item.data for item in items],
+        "usage": plan.usage(len(records)),
     }
     return GenerationOutcome(
         body=json.dumps(body, ensure_ascii=False).encode("utf-8"),

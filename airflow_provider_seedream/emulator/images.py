@@ -1,28 +1,44 @@
-"""Rendered images: one cached base per size and format, made unique per served image by a tag.
+"""Generated images: files put together from cached bands, and the records of served images.
 
-Rendering a 4K image takes about a second, so each ``(width, height, format)`` is rendered
-once and kept in :class:`ImageCache`. Each served image is the base with a small per-image
-tag inserted where the format allows free text, so every image has its own bytes and sha256
-while staying a valid file:
+Each image shows its own colours, the prompt's first words and its size (see
+:mod:`~airflow_provider_seedream.emulator.painting`). Drawing and encoding a whole picture per
+image would cost 50 ms to a second, so :class:`ImageCache` keeps encoded bands instead: the
+shared background bands, each drawn once per palette, width, height and format, and each
+image's caption band while room allows. A file is put together from them (see
+:mod:`~airflow_provider_seedream.emulator.encoding`), which costs little more than copying its
+bytes.
+
+Each served image also carries a small per-image tag where the format allows free text, so
+every image has its own bytes and sha256 even when its pixels repeat (the same prompt sent
+twice):
 
 * PNG: a ``tEXt`` chunk (with its CRC) just before ``IEND``;
 * JPEG: a ``COM`` segment just after the ``SOI`` marker.
 
-An :class:`ImageRecord` holds only the tag and a reference to the shared base; its bytes
-are streamed as base prefix, tag, base suffix.
+An :class:`ImageRecord` holds only its :class:`~airflow_provider_seedream.emulator.painting.PictureSpec`
+and tag; its bytes are put together again from the cache when it is downloaded. Drawing is
+deterministic, so a band dropped from the cache is drawn again identically and the record's
+sha256 still holds.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 import struct
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
+
+from airflow_provider_seedream.emulator.encoding import EncodedBand, assemble, encode_band
+from airflow_provider_seedream.emulator.painting import (
+    PictureSpec,
+    band_palettes,
+    draw_background,
+    draw_caption,
+    layout,
+)
 
 #: Formats the emulator renders, as named in the request's ``output_format``.
 FORMATS = ("png", "jpeg")
@@ -31,49 +47,40 @@ EXTENSIONS = {"png": "png", "jpeg": "jpeg"}
 #: The largest image the emulator renders, in pixels.
 MAX_RENDER_PIXELS = 36_000_000
 CHUNK_SIZE = 1024 * 1024
-
-_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-_JPEG_SOI = b"\xff\xd8"
-# Noise amplitudes (out of 256) chosen so file sizes resemble real generated images:
-# a 2048x2048 JPEG is about 1.2 MB, a 4096x4096 JPEG about 5 MB, a 2048x2048 PNG about 7 MB.
-_NOISE_AMPLITUDE = {"jpeg": 32, "png": 8}
-_JPEG_QUALITY = 90
-_PNG_COMPRESS_LEVEL = 1
+_MB = 1024 * 1024
 
 
 @dataclass(frozen=True, eq=False)
-class RenderedBase:
-    """One rendered image, shared by every served image of its size and format.
+class Picture:
+    """An image file as consecutive parts (shared with the cache: do not change them).
 
-    :param width: width in pixels.
-    :param height: height in pixels.
-    :param fmt: ``png`` or ``jpeg``.
-    :param data: the encoded file.
-    :param insert_at: the byte offset where a per-image tag goes.
+    :param parts: the file's bytes, in order.
+    :param tag_at: the position among ``parts`` where a per-image tag goes.
     """
 
-    width: int
-    height: int
-    fmt: str
-    data: bytes = field(repr=False)
-    insert_at: int
+    parts: tuple[bytes, ...] = field(repr=False)
+    tag_at: int
 
     @property
-    def size(self) -> str:
-        """The size as ``WxH``."""
-        return f"{self.width}x{self.height}"
+    def length(self) -> int:
+        """The file's length in bytes, without a tag."""
+        return sum(map(len, self.parts))
+
+    def with_tag(self, tag: bytes) -> tuple[bytes, ...]:
+        """Return the parts with ``tag`` inserted where it belongs."""
+        return (*self.parts[: self.tag_at], tag, *self.parts[self.tag_at :])
 
 
 @dataclass(frozen=True, eq=False)
 class ImageRecord:
-    """One generated image: metadata, its tag and the base it is made from.
+    """One generated image: metadata, what its pixels derive from, and its tag.
 
     :param image_id: the image's id, also its file name on the emulator.
-    :param base: the shared rendered base.
-    :param tag: the bytes inserted into the base at ``base.insert_at``.
+    :param spec: what the picture shows (size, format, colours, caption).
+    :param cache: where its bands are kept; its bytes are put together from there.
+    :param tag: the bytes inserted into the picture (see :class:`Picture`).
     :param sha256: hex sha256 of the exact bytes served.
     :param length: the number of bytes served.
-    :param prompt_sha256: hex sha256 of the prompt (the prompt itself is not kept).
     :param created: unix time of generation.
     :param request_id: the generation request's id.
     :param index: the image's position in the response's ``data``.
@@ -84,11 +91,11 @@ class ImageRecord:
     """
 
     image_id: str
-    base: RenderedBase = field(repr=False)
+    spec: PictureSpec
+    cache: ImageCache = field(repr=False)
     tag: bytes = field(repr=False)
     sha256: str
     length: int
-    prompt_sha256: str
     created: float
     request_id: str
     index: int
@@ -97,43 +104,60 @@ class ImageRecord:
     draw_key: str = field(default="", repr=False)
 
     @property
+    def prompt_sha256(self) -> str:
+        """Hex sha256 of the prompt (the prompt itself is not kept)."""
+        return self.spec.prompt_sha256
+
+    @property
     def fmt(self) -> str:
         """``png`` or ``jpeg``."""
-        return self.base.fmt
+        return self.spec.fmt
 
     @property
     def size(self) -> str:
         """The size as ``WxH``."""
-        return self.base.size
+        return self.spec.size
 
     @property
     def content_type(self) -> str:
         """The MIME type served."""
-        return CONTENT_TYPES[self.base.fmt]
+        return CONTENT_TYPES[self.spec.fmt]
 
     @property
     def file_name(self) -> str:
         """The file name under which the emulator serves the image."""
-        return f"{self.image_id}.{EXTENSIONS[self.base.fmt]}"
+        return f"{self.image_id}.{EXTENSIONS[self.spec.fmt]}"
 
-    def chunks(self, limit: int | None = None, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        """Yield the served bytes in chunks, stopping after ``limit`` bytes when given."""
-        data = self.base.data
-        cut = self.base.insert_at
+    def parts(self) -> tuple[bytes, ...]:
+        """Return the served bytes as consecutive parts (blocking: may draw evicted bands again)."""
+        return self.cache.picture(self.spec).with_tag(self.tag)
+
+    def chunks(
+        self, limit: int | None = None, chunk_size: int = CHUNK_SIZE, parts: tuple[bytes, ...] | None = None
+    ) -> Iterator[bytes]:
+        """Yield the served bytes in chunks of about ``chunk_size``, stopping after ``limit`` bytes when given.
+
+        :param parts: the result of :meth:`parts`, when already at hand.
+        """
         remaining = self.length if limit is None else min(limit, self.length)
-        for part in (memoryview(data)[:cut], memoryview(self.tag), memoryview(data)[cut:]):
-            for start in range(0, len(part), chunk_size):
-                if remaining <= 0:
-                    return
-                piece = part[start : start + min(chunk_size, remaining)]
-                remaining -= len(piece)
-                yield bytes(piece)
+        pending: list[bytes] = []
+        pending_size = 0
+        for part in self.parts() if parts is None else parts:
+            if remaining <= 0:
+                break
+            piece = part[:remaining] if len(part) > remaining else part
+            remaining -= len(piece)
+            pending.append(piece)
+            pending_size += len(piece)
+            if pending_size >= chunk_size:
+                yield b"".join(pending)
+                pending, pending_size = [], 0
+        if pending:
+            yield b"".join(pending)
 
     def read(self) -> bytes:
         """Return the whole served file (a full copy: use :meth:`chunks` to stream)."""
-        data = self.base.data
-        cut = self.base.insert_at
-        return b"".join((data[:cut], self.tag, data[cut:]))
+        return b"".join(self.parts())
 
     def to_dict(self) -> dict[str, object]:
         """Return the JSON-safe metadata shown by the control API."""
@@ -167,105 +191,111 @@ def make_tag(fmt: str, text: str) -> bytes:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def tag_image(base: RenderedBase, **metadata: object) -> tuple[bytes, str, int]:
-    """Build a tag for ``base`` and return ``(tag, sha256 hex, length)`` of the tagged file.
+def tag_picture(picture: Picture, fmt: str, **metadata: object) -> tuple[bytes, str, int]:
+    """Build a tag for ``picture`` and return ``(tag, sha256 hex, length)`` of the tagged file.
 
-    :param base: the shared rendered base.
+    :param picture: the untagged file.
+    :param fmt: its format.
     :param metadata: ``key=value`` pairs written into the tag (ASCII).
     """
-    tag = make_tag(base.fmt, "seedream-emulator " + " ".join(f"{k}={v}" for k, v in metadata.items()))
+    tag = make_tag(fmt, "seedream-emulator " + " ".join(f"{k}={v}" for k, v in metadata.items()))
     digest = hashlib.sha256()
-    view = memoryview(base.data)
-    digest.update(view[: base.insert_at])
-    digest.update(tag)
-    digest.update(view[base.insert_at :])
-    return tag, digest.hexdigest(), len(base.data) + len(tag)
+    length = 0
+    for part in picture.with_tag(tag):
+        digest.update(part)
+        length += len(part)
+    return tag, digest.hexdigest(), length
 
 
-def render_base(width: int, height: int, fmt: str) -> RenderedBase:
-    """Render a gradient-and-noise picture of ``width`` x ``height`` in ``fmt``.
+class _Shelf:
+    """Encoded bands by key, least recently used dropped first once over ``max_bytes``.
 
-    :raises ValueError: on an unknown format or a size larger than :data:`MAX_RENDER_PIXELS`.
-    """
-    from PIL import Image, ImageChops
-
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}")
-    if width < 1 or height < 1 or width * height > MAX_RENDER_PIXELS:
-        raise ValueError(f"{width}x{height} is outside what the emulator renders (1 to {MAX_RENDER_PIXELS:,} pixels)")
-    amplitude = _NOISE_AMPLITUDE[fmt]
-    scale = (256 - amplitude) / 256
-    gradient_lut = [int(value * scale) for value in range(256)]
-    noise_lut = [value * amplitude // 256 for value in range(256)]
-    gradients = (
-        Image.linear_gradient("L").rotate(90).resize((width, height)),
-        Image.linear_gradient("L").resize((width, height)),
-        Image.radial_gradient("L").resize((width, height)),
-    )
-    channels = []
-    for gradient in gradients:
-        noise = Image.frombytes("L", (width, height), os.urandom(width * height)).point(noise_lut)
-        channels.append(ImageChops.add(gradient.point(gradient_lut), noise))
-    picture = Image.merge("RGB", channels)
-    buffer = io.BytesIO()
-    if fmt == "png":
-        picture.save(buffer, "PNG", compress_level=_PNG_COMPRESS_LEVEL)
-        data = buffer.getvalue()
-        if not data.endswith(_PNG_IEND):
-            raise RuntimeError("rendered PNG does not end with IEND")
-        insert_at = len(data) - len(_PNG_IEND)
-    else:
-        picture.save(buffer, "JPEG", quality=_JPEG_QUALITY)
-        data = buffer.getvalue()
-        if not data.startswith(_JPEG_SOI):
-            raise RuntimeError("rendered JPEG does not start with SOI")
-        insert_at = len(_JPEG_SOI)
-    return RenderedBase(width=width, height=height, fmt=fmt, data=data, insert_at=insert_at)
-
-
-class ImageCache:
-    """Rendered bases by ``(width, height, format)``, least recently used dropped first.
-
-    Concurrent first requests for the same key render once: the others wait on the key's lock.
-    A dropped base stays alive as long as image records refer to it.
-
-    :param max_entries: how many bases to keep.
+    Concurrent first requests for the same key encode once: the others wait on the key's lock.
     """
 
-    def __init__(self, max_entries: int = 16) -> None:
-        self._max_entries = max_entries
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.made = 0
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, int, str], RenderedBase] = OrderedDict()
-        self._key_locks: dict[tuple[int, int, str], threading.Lock] = {}
-        self.renders = 0
+        self._entries: OrderedDict[Hashable, EncodedBand] = OrderedDict()
+        self._bytes = 0
+        self._key_locks: dict[Hashable, threading.Lock] = {}
 
-    def get(self, width: int, height: int, fmt: str) -> RenderedBase:
-        """Return the base for this size and format, rendering it on first use (blocking)."""
-        key = (width, height, fmt)
+    def get(self, key: Hashable, make: Callable[[], EncodedBand]) -> EncodedBand:
         with self._lock:
-            base = self._lookup(key)
-            if base is not None:
-                return base
+            band = self._lookup(key)
+            if band is not None:
+                return band
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
-                base = self._lookup(key)
-            if base is not None:
-                return base
-            base = render_base(width, height, fmt)
+                band = self._lookup(key)
+            if band is not None:
+                return band
+            band = make()
             with self._lock:
-                self.renders += 1
-                self._entries[key] = base
-                while len(self._entries) > self._max_entries:
-                    self._entries.popitem(last=False)
+                self.made += 1
+                self._entries[key] = band
+                self._bytes += band.nbytes
+                while self._bytes > self.max_bytes and len(self._entries) > 1:
+                    _, dropped = self._entries.popitem(last=False)
+                    self._bytes -= dropped.nbytes
                 self._key_locks.pop(key, None)
-            return base
+            return band
 
-    def _lookup(self, key: tuple[int, int, str]) -> RenderedBase | None:
-        base = self._entries.get(key)
-        if base is not None:
+    def _lookup(self, key: Hashable) -> EncodedBand | None:
+        band = self._entries.get(key)
+        if band is not None:
             self._entries.move_to_end(key)
-        return base
+        return band
+
+
+class ImageCache:
+    """Encoded bands: shared backgrounds and per-image captions, each kept within its own byte budget.
+
+    :param background_bytes: how many bytes of background bands to keep.
+    :param caption_bytes: how many bytes of caption bands to keep.
+    """
+
+    def __init__(self, background_bytes: int = 512 * _MB, caption_bytes: int = 64 * _MB) -> None:
+        self._backgrounds = _Shelf(background_bytes)
+        self._captions = _Shelf(caption_bytes)
+
+    @property
+    def renders(self) -> int:
+        """How many background bands were drawn and encoded: a few per size, then none."""
+        return self._backgrounds.made
+
+    @property
+    def captions(self) -> int:
+        """How many caption bands were drawn and encoded: one per image, again if dropped."""
+        return self._captions.made
+
+    def picture(self, spec: PictureSpec) -> Picture:
+        """Return ``spec``'s file, putting it together from cached bands (blocking: may draw bands).
+
+        :raises ValueError: on an unknown format or a size larger than :data:`MAX_RENDER_PIXELS`.
+        """
+        if spec.fmt not in FORMATS:
+            raise ValueError(f"unknown format {spec.fmt!r}")
+        width, height = spec.width, spec.height
+        if width < 1 or height < 1 or width * height > MAX_RENDER_PIXELS:
+            raise ValueError(
+                f"{width}x{height} is outside what the emulator renders (1 to {MAX_RENDER_PIXELS:,} pixels)"
+            )
+        bands = layout(width, height)
+        palettes = band_palettes(spec, bands.bands)
+        encoded = []
+        for band in range(bands.bands):
+            rows = bands.height_of(band)
+            if band == bands.caption_band:
+                caption = (spec, rows)
+                encoded.append(self._captions.get(caption, lambda: encode_band(draw_caption(*caption), spec.fmt)))
+            else:
+                key = (width, rows, spec.fmt, palettes[band])
+                encoded.append(self._backgrounds.get(key, lambda: encode_band(draw_background(*key), spec.fmt)))
+        parts, tag_at = assemble(spec.fmt, width, height, encoded)
+        return Picture(tuple(parts), tag_at)
 
 
 _SHARED_CACHE = ImageCache()

@@ -11,6 +11,7 @@ response; :class:`DeliberateBreakFilter` drops that one message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -127,8 +128,10 @@ class ImageStreamResponse(Response):
             (b"etag", f'"{record.sha256[:32]}"'.encode()),
             (b"cache-control", b"private, max-age=86400"),
         ]
+        # Putting the file together may draw bands the cache dropped: not on the event loop.
+        parts = await asyncio.to_thread(record.parts)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        for chunk in record.chunks(limit=self._limit):
+        for chunk in record.chunks(limit=self._limit, parts=parts):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if self.complete:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

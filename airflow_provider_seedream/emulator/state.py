@@ -219,6 +219,16 @@ class EmulatorState:
         with self._lock:
             return {index for index in range(count) if self._draw("item", *identity, index) < rate}
 
+    def draw_cut(self, count: int, *identity: object) -> int:
+        """Return after how many of ``count`` images a ``reset`` cuts a stream: 0 to ``count - 1``.
+
+        :param identity: what names the request (model, prompt digest, attempt), so a seeded
+            run cuts the same stream at the same place every time.
+        """
+        with self._lock:
+            draw = self._draw("cut", *identity)
+        return min(count - 1, int(draw * count))
+
     def enter_generation(self) -> None:
         """Count a generation request, and count it in flight (pair with :meth:`leave_generation`).
 

@@ -1,10 +1,12 @@
-"""What the emulator's tests share: the request they send and waits on the emulator's counters."""
+"""What the emulator's tests share: the request they send, a reader of streamed events, and waits on the counters."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -38,6 +40,57 @@ def generate(
     return requests.post(
         emulator.url + path, json=payload, headers=AUTH if headers is None else headers, timeout=timeout
     )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event as read off the wire.
+
+    :param name: its ``event:`` field, or ``None``.
+    :param data: its ``data:`` field, as text.
+    :param at: seconds from the request's start to its arrival.
+    """
+
+    name: str | None
+    data: str
+    at: float
+
+    def json(self) -> Any:
+        """Return the data parsed as JSON."""
+        return json.loads(self.data)
+
+
+def stream(
+    emulator: EmulatorServer, path: str = V1, timeout: float | tuple[float, float] = 30, **body: Any
+) -> requests.Response:
+    """Send one streamed generation request (``stream: true``); read the answer with :func:`events`."""
+    payload = {"model": SMALL_MODEL, "prompt": "a lighthouse at dawn", "size": "64x48", "stream": True, **body}
+    return requests.post(emulator.url + path, json=payload, headers=AUTH, timeout=timeout, stream=True)
+
+
+def events(response: requests.Response, started: float | None = None) -> Iterator[Event]:
+    """Yield the events of a streamed answer as they arrive, by the server-sent events rules.
+
+    Lines end with ``\n``; a blank line ends an event; ``event:`` and ``data:`` fields are kept
+    (several ``data:`` lines join with ``\n``). An event cut short by the end of the body is not
+    yielded: a cut connection raises from ``requests`` instead.
+    """
+    started = time.monotonic() if started is None else started
+    name: str | None = None
+    data: list[str] = []
+    for line in response.iter_lines(decode_unicode=False):
+        text = line.decode("utf-8")
+        if not text:
+            if data:
+                yield Event(name, "\n".join(data), time.monotonic() - started)
+            name, data = None, []
+            continue
+        field, _, value = text.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
 
 
 def sha256(data: bytes) -> str:
