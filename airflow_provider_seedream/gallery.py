@@ -18,7 +18,7 @@ import io
 import json
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 STATUS_STORED = "stored"
 STATUS_FAILED = "failed"
@@ -115,9 +115,14 @@ def build_manifest(
     return rows
 
 
+def jsonl_line(row: Mapping[str, Any]) -> str:
+    """Return one manifest line: ``row`` as JSON, keys sorted, ending in a newline."""
+    return json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+
+
 def to_jsonl(rows: Iterable[Mapping[str, Any]]) -> bytes:
     """Return ``rows`` as JSON Lines (UTF-8, one object per line)."""
-    return "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode("utf-8")
+    return "".join(jsonl_line(row) for row in rows).encode("utf-8")
 
 
 def count_statuses(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -186,31 +191,30 @@ def render_gallery(
     :param title: the page's title.
     :param subtitle: a line under the title (the run, the bucket...).
     """
+    out = io.StringIO()
+    write_gallery(out, rows, images, counts=count_statuses(rows), title=title, subtitle=subtitle)
+    return out.getvalue()
+
+
+def write_gallery(
+    out: IO[str],
+    rows: Iterable[Mapping[str, Any]],
+    images: Mapping[str, str],
+    *,
+    counts: Mapping[str, int],
+    title: str = "Generated images",
+    subtitle: str = "",
+) -> None:
+    """
+    Write the page of :func:`render_gallery` to ``out``, one card at a time.
+
+    Memory holds one card, whatever the number of lines: ``rows`` may be read from a file.
+
+    :param counts: the lines of each status (:func:`count_statuses` of the same rows), shown at the top.
+    """
     esc = html.escape
-    counts = count_statuses(rows)
-    cards = []
-    for row in rows:
-        status = str(row.get("status"))
-        key = row.get("key")
-        src = images.get(key) if key else None
-        alt = f"{row.get('product_id') or ''} {row.get('name') or ''}".strip() or str(key or "")
-        picture = (
-            f'<img loading="lazy" src="{esc(src)}" alt="{esc(alt)}">'
-            if src
-            else f'<div class="missing">{esc("no image" if status == STATUS_FAILED else "not shown")}</div>'
-        )
-        details = [f'<span class="status {esc(status)}">{esc(status)}</span>']
-        details.append(f'<div class="id">{esc(str(row.get("product_id") or ""))}</div>')
-        if row.get("name"):
-            details.append(f"<div>{esc(str(row['name']))}</div>")
-        details.append(f'<div class="prompt">{esc(str(row.get("prompt") or ""))}</div>')
-        if key:
-            details.append(f"<code>{esc(str(key))}</code>")
-        if row.get("sha256"):
-            details.append(f"<br><code>sha256 {esc(str(row['sha256'])[:16])}…</code>")
-        cards.append(f"<figure>{picture}<figcaption>{''.join(details)}</figcaption></figure>")
     summary = "".join(f"<span>{esc(status)}: {count}</span>" for status, count in counts.items() if count)
-    return (
+    out.write(
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -218,6 +222,31 @@ def render_gallery(
         f"<h1>{esc(title)}</h1>"
         f'<p class="meta">{esc(subtitle)}</p>'
         f'<p class="meta counts">{summary}</p>'
-        f'<div class="grid">{"".join(cards)}</div>'
-        "</body></html>\n"
+        '<div class="grid">'
     )
+    for row in rows:
+        out.write(_card(row, images))
+    out.write("</div></body></html>\n")
+
+
+def _card(row: Mapping[str, Any], images: Mapping[str, str]) -> str:
+    esc = html.escape
+    status = str(row.get("status"))
+    key = row.get("key")
+    src = images.get(key) if key else None
+    alt = f"{row.get('product_id') or ''} {row.get('name') or ''}".strip() or str(key or "")
+    picture = (
+        f'<img loading="lazy" src="{esc(src)}" alt="{esc(alt)}">'
+        if src
+        else f'<div class="missing">{esc("no image" if status == STATUS_FAILED else "not shown")}</div>'
+    )
+    details = [f'<span class="status {esc(status)}">{esc(status)}</span>']
+    details.append(f'<div class="id">{esc(str(row.get("product_id") or ""))}</div>')
+    if row.get("name"):
+        details.append(f"<div>{esc(str(row['name']))}</div>")
+    details.append(f'<div class="prompt">{esc(str(row.get("prompt") or ""))}</div>')
+    if key:
+        details.append(f"<code>{esc(str(key))}</code>")
+    if row.get("sha256"):
+        details.append(f"<br><code>sha256 {esc(str(row['sha256'])[:16])}…</code>")
+    return f"<figure>{picture}<figcaption>{''.join(details)}</figcaption></figure>"

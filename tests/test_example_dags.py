@@ -126,27 +126,25 @@ for path in sys.argv[1:]:
     assert done.stdout.count("ok ") == len(DAG_FILES)
 
 
-def test_catalog_helpers():
-    from importlib.util import module_from_spec, spec_from_file_location
+def test_catalog_dag_is_short_and_its_logic_lives_in_the_package():
+    from airflow.dag_processing.dagbag import DagBag
 
-    spec = spec_from_file_location("catalog_example", DAGS / "seedream_catalog_batch.py")
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from airflow_provider_seedream.catalog.operators import CatalogChunkToS3Operator, CatalogReportOperator
 
-    csv_text = "sku,name,colour,category,material\nA1,Mug,red,Kitchen,clay\nA2,Lamp,black,Lighting,steel\n"
-    products = module.parse_catalog(csv_text, module.catalog_format("x/catalog.csv", "auto"), "sku")
-    assert [product["sku"] for product in products] == ["A1", "A2"]
-    prompts = module.render_prompts(products, "{{ product.colour }} {{ product.name | lower }}")
-    assert prompts == ["red mug", "black lamp"]
-    with pytest.raises(ValueError, match="appears more than once"):
-        module.parse_catalog(csv_text + "A1,Again,red,Kitchen,clay\n", "csv", "sku")
-    with pytest.raises(ValueError, match="A1"):
-        module.render_prompts(products, "{{ product.weight }}", "sku")
-    chunks = module.chunk_arguments([{"id": f"P{n}", "prompt": f"p{n}"} for n in range(7)], 3)
-    assert [(chunk["prompt_index_offset"], len(chunk["prompt"])) for chunk in chunks] == [(0, 3), (3, 3), (6, 1)]
-    assert chunks[1]["prompt"][0] == {"prompt": "p3", "key": "P3"}, "each prompt is keyed by its product's id"
-    with pytest.raises(ValueError, match=r"catalog product 1: its 'sku' '\.\./A2'"):
-        module.parse_catalog(csv_text.replace("A2,", "../A2,"), "csv", "sku")
+    source = (DAGS / "seedream_catalog_batch.py").read_text()
+    assert len(source.splitlines()) <= 120
+    dag = DagBag(dag_folder=str(DAGS / "seedream_catalog_batch.py")).dags["seedream_catalog_batch"]
+    assert set(dag.params) == {
+        "bucket", "catalog_key", "catalog_format", "id_field", "prompt_template", "images_prefix",
+        "report_prefix", "size", "chunk_size", "max_products", "gallery_max_images",
+    }
+    assert dag.params["chunk_size"] == 50 and dag.params["images_prefix"] == "catalog/images"
+    generate, report = dag.get_task("generate_images"), dag.get_task("write_report")
+    assert generate.operator_class is CatalogChunkToS3Operator and isinstance(report, CatalogReportOperator)
+    assert dag.get_task("load_catalog").downstream_task_ids == {"plan_chunks", "generate_images", "write_report"}
+    assert generate.upstream_task_ids == {"load_catalog", "plan_chunks"}
+    assert [link.name for link in generate.operator_extra_links] == ["Images in S3"]
+    assert [link.name for link in report.operator_extra_links] == ["Catalog gallery"]
 
 
 # -- end-to-end runs -------------------------------------------------------------------------

@@ -110,3 +110,17 @@ def test_relative_href():
 def test_module_imports_without_pillow_or_boto3():
     code = "import sys, airflow_provider_seedream.gallery; assert not {'PIL', 'boto3'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_gallery_written_card_by_card_is_the_rendered_page():
+    rows = gallery.build_manifest(PRODUCTS, [record(0), record(2, reused=True)])
+    images = {rows[0]["key"]: "data:image/jpeg;base64,AAAA"}
+    out = io.StringIO()
+    gallery.write_gallery(out, iter(rows), images, counts=gallery.count_statuses(rows), title="t", subtitle="s")
+    assert out.getvalue() == gallery.render_gallery(rows, images, title="t", subtitle="s")
+
+
+def test_a_manifest_line_is_sorted_json_ending_in_a_newline():
+    line = gallery.jsonl_line({"b": "é", "a": 1})
+    assert line == '{"a": 1, "b": "é"}\n'
+    assert gallery.to_jsonl([{"a": 1}, {"a": 2}]) == b'{"a": 1}\n{"a": 2}\n'
