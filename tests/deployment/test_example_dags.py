@@ -83,6 +83,11 @@ def test_publish_banners_runs_by_itself_on_the_asset(deployment: Tier, example_r
     assert event["uri"] == f"s3://{deployment.bucket}/banners"
     assert event["extra"]["keys"] == deployment.keys(f"banners/{day}/0") and event["extra"]["count"] == 2
     assert all("neon" in prompt and day in prompt for prompt in event["extra"]["prompts"])
+    # keys[i] was made from prompts[i]: the banner's first prompt is the website banner.
+    assert [("website banner" in prompt, "social media post" in prompt) for prompt in event["extra"]["prompts"]] == [
+        (True, False),
+        (False, True),
+    ]
     example_runs.assert_succeeded("seedream_publish_banners", run["dag_run_id"])
     index = json.loads(deployment.read("banners/latest.json"))
     assert index["asset"] == f"s3://{deployment.bucket}/banners"
