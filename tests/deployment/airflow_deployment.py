@@ -179,7 +179,7 @@ class AirflowDeployment:
         )
         base.update(env or {})
         self.env = base
-        self.rest = RestClient(self.url, self._password)
+        self.rest = RestClient(self.url, self.admin_password)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -228,8 +228,8 @@ class AirflowDeployment:
         for component in reversed(list(self.components.values())):
             component.stop()
 
-    def _password(self) -> str:
-        # The simple auth manager writes the passwords it generated when the api-server starts.
+    def admin_password(self) -> str:
+        """The admin user's password, which the simple auth manager generates when the api-server starts."""
         path = self.home / "simple_auth_manager_passwords.json.generated"
         passwords = wait_for(
             lambda: path.exists() and json.loads(path.read_text() or "{}"), 60, f"{path.name} is written"

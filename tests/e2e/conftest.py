@@ -121,7 +121,7 @@ def ui(browser: Any, celery_tier: Tier, request: pytest.FixtureRequest) -> Itera
     try:
         page.goto(f"{celery_tier.airflow.url}/auth/login")
         page.fill("input[name=username]", "admin")
-        page.fill("input[name=password]", celery_tier.airflow._password())
+        page.fill("input[name=password]", celery_tier.airflow.admin_password())
         page.get_by_role("button", name="Sign in").click()
         page.wait_for_url(re.compile(r"^(?!.*/auth/login).*$"))
         yield page
