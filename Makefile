@@ -49,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .airflow .demo .e2e build *.egg-info
+	rm -rf $(VENV) .airflow .demo tests/e2e/artifacts build *.egg-info
