@@ -146,7 +146,10 @@ class GenerationStream(Response):
         plan, config, state, fault = self._plan, self._config, self._state, self._fault
         first_delay = config.latency + (config.slow_seconds if fault == "slow" else 0.0)
         connected = await wait_while_connected(self._request, first_delay)
-        if connected and fault == "500":
+        if fault == "500":  # the model failed before making anything: nothing to bill
+            if not connected:
+                state.count("abandoned")
+                return False
             answer = service_error(
                 500,
                 "InternalServiceError",

@@ -14,6 +14,7 @@ from PIL import Image
 from airflow_provider_seedream.emulator import EmulatorServer
 from tests.emulator.support import (
     AUTH,
+    IMPATIENT,
     SEEDREAM_5,
     V1,
     V3,
@@ -141,7 +142,7 @@ def test_checks_and_refusals_answer_plain_json_before_any_stream(emulator: Emula
 
 
 def test_internal_error_answers_500_after_the_latency(emulator: EmulatorServer) -> None:
-    emulator.configure(script=["500"], latency=0.2)
+    emulator.configure(script=["500", "500"], latency=0.2)
     started = time.monotonic()
     response = stream(emulator, **group(3))
     assert time.monotonic() - started >= 0.2
@@ -149,6 +150,13 @@ def test_internal_error_answers_500_after_the_latency(emulator: EmulatorServer) 
     assert response.json()["error"]["code"] == "InternalServiceError"
     stats = emulator.stats()
     assert (stats["generation_status"], stats["images_generated"]) == ({"500": 1}, 0)
+
+    # A client gone before the failure: still nothing made, even under bill_abandoned.
+    emulator.configure(latency=600, bill_abandoned=True)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        stream(emulator, timeout=IMPATIENT, **group(3))
+    stats = settled_stats(emulator, requests_sent=2)
+    assert (stats["abandoned"], stats["images_generated"]) == (1, 0)
 
 
 @pytest.mark.parametrize("bill_abandoned", [True, False])
