@@ -43,11 +43,12 @@ from airflow_provider_seedream.exceptions import (
     SeedreamUnknownOutcomeError,
 )
 from airflow_provider_seedream.references import Reference, Transport, resolve
+from airflow_provider_seedream.results import GenerationResult
 from airflow_provider_seedream.storage import StorageError, StoredObject
 
 if TYPE_CHECKING:
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
-    from airflow_provider_seedream.results import GeneratedImage, GenerationResult
+    from airflow_provider_seedream.results import GeneratedImage
     from airflow_provider_seedream.storage import ImageStore, PendingRecord
 
 # Fields that change how an image is delivered, not which image is made.
@@ -213,7 +214,7 @@ class _Progress:
 
 
 # What the transfer threads take: an answer (or one streamed image) to store.
-_Transfer = tuple[PromptJob, "GenerationResult"]
+_Transfer = tuple[PromptJob, GenerationResult]
 
 
 class BatchRunner:
@@ -585,32 +586,58 @@ class BatchRunner:
         self._release(job, report)
 
     def _generate_streamed(self, job: PromptJob, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport) -> None:
-        """Hand each streamed image to the transfer threads as it arrives, its link recorded first."""
+        """Hand each streamed image to the transfer threads as it arrives, its link recorded first.
+
+        An interrupted task stops reading at once (closing the stream): the images received
+        are kept, the rest of the group is an unknown outcome.
+        """
         progress = self._progress[job.index]
         progress.streamed = True
         usage: dict[str, Any] = {}
-        for event in self.hook.stream_request(self._body(job), spool_images=True):
-            if event.completed:
-                usage = event.usage
-            image = event.image
-            if image is None:
-                continue
-            if not image.ok:
-                message = image.error_message or ""
-                self._fail(report, Failure(job.index, image.index, "generation", image.error_code or "Error", message, False, False))
-                with self._changed:
-                    progress.complete = False
-                continue
-            answer = GenerationResult(images=[image], usage={}, model=event.model, request_id=event.request_id)
-            with self._job_locks[job.index]:
-                progress.received.append(image)
-                if image.url:
-                    so_far = GenerationResult(images=list(progress.received), usage={}, model=event.model, request_id=event.request_id)
-                    self._record_links(job, lambda: self.store.save_pending(job.stem, job.fingerprint, so_far))
-            self._enqueue(transfers, job, answer)
+        events = self.hook.stream_request(self._body(job), spool_images=True)
+        try:
+            for event in events:
+                if event.completed:
+                    usage = event.usage
+                image = event.image
+                if image is not None and not image.ok:
+                    message = image.error_message or ""
+                    failure = Failure(job.index, image.index, "generation", image.error_code or "Error", message, False, False)
+                    self._fail(report, failure)
+                    with self._changed:
+                        progress.complete = False
+                elif image is not None:
+                    self._streamed_image(job, image, event.model, event.request_id, transfers)
+                if self._interrupted:
+                    raise SeedreamUnknownOutcomeError(
+                        f"the task stopped while the group was streaming, after {len(progress.received)} image(s)"
+                    )
+        finally:
+            events.close()  # an abandoned stream is closed, so the service sees the client leave
         self._count_usage(job, usage, len(progress.received), report)
         self._set_state(job, State.ANSWERED)
         self._release(job, report)
+
+    def _streamed_image(
+        self,
+        job: PromptJob,
+        image: GeneratedImage,
+        model: str | None,
+        request_id: str | None,
+        transfers: queue.SimpleQueue[_Transfer | None],
+    ) -> None:
+        progress = self._progress[job.index]
+        with self._job_locks[job.index]:
+            progress.received.append(image)
+            if image.url:
+                so_far = GenerationResult(images=list(progress.received), usage={}, model=model, request_id=request_id)
+                if self._states[job.index] is State.UNKNOWN:  # abandoned by a stopped task: keep it unknown
+                    reason = "abandoned in flight when the task stopped"
+                    write = lambda: self.store.save_unknown(job.stem, job.fingerprint, job.requested_images, reason, so_far)  # noqa: E731
+                else:
+                    write = lambda: self.store.save_pending(job.stem, job.fingerprint, so_far)  # noqa: E731
+                self._record_links(job, write)
+        self._enqueue(transfers, job, GenerationResult(images=[image], usage={}, model=model, request_id=request_id))
 
     def _record_links(self, job: PromptJob, write: Any) -> None:
         try:
