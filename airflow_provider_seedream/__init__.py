@@ -75,4 +75,8 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": CONNECTION_FIELDS,
             }
         ],
+        "extra-links": [
+            "airflow_provider_seedream.links.SeedreamImagesLink",
+            "airflow_provider_seedream.links.CatalogGalleryLink",
+        ],
     }

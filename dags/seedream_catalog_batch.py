@@ -67,7 +67,7 @@ with DAG(
     },
 ):
 
-    @task
+    @task(multiple_outputs=False)
     def load_catalog(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
         """Check the catalog and write its prompts to S3 in chunks; return where they are (a small plan)."""
         from airflow_provider_seedream.catalog import prepare_catalog, run_folder

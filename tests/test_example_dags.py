@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import API_KEY, ROOT, airflow_bin
+from tests.test_links import rest_links
 
 DAGS = ROOT / "dags"
 DATA = ROOT / "data"
@@ -166,7 +167,7 @@ def seedream_pool(airflow_db) -> str:
 
 
 @pytest.mark.usefixtures("airflow_db", "seedream_pool")
-def test_catalog_batch_end_to_end(seedream_emulator, s3_client, bucket, catalog):
+def test_catalog_batch_end_to_end(seedream_emulator, s3_client, s3_server, bucket, catalog):
     conf = {"bucket": bucket, "size": "1K", "chunk_size": 5}
     done = example_dags_test("seedream_catalog_batch", bucket, conf)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -198,6 +199,38 @@ def test_catalog_batch_end_to_end(seedream_emulator, s3_client, bucket, catalog)
     assert_no_secret(page.replace(f"s3://{bucket}/", ""))
     for product in catalog:
         assert product["id"] in page
+
+    # XCom holds references and each chunk's records, never the catalog's prompts.
+    sizes = catalog_xcom_sizes()
+    assert max(sizes.values()) < 64 * 1024, sizes
+    assert sizes[("load_catalog", -1, "return_value")] < 1024
+    assert sizes[("plan_chunks", -1, "return_value")] < 64
+
+    # The links the UI shows, from the REST API of the finished run.
+    links = rest_links("seedream_catalog_batch", ("write_report", -1), ("generate_images", 0))
+    assert links["write_report[-1]"]["body"]["extra_links"] == {
+        "Catalog gallery": f"{s3_server}/{bucket}/catalog/review/gallery.html"
+    }
+    assert links["generate_images[0]"]["body"]["extra_links"] == {
+        "Images in S3": f"{s3_server}/{bucket}?list-type=2&prefix=catalog%2Fimages%2F"
+    }
+
+
+def catalog_xcom_sizes() -> dict[tuple[str, int, str], int]:
+    """The size of each XCom of the catalog DAG's latest run, in bytes of stored JSON."""
+    from sqlalchemy import text
+
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.execute(
+            text(
+                "SELECT task_id, map_index, key, length(CAST(value AS BLOB)) FROM xcom WHERE dag_id = :dag AND "
+                "run_id = (SELECT run_id FROM dag_run WHERE dag_id = :dag ORDER BY id DESC LIMIT 1)"
+            ),
+            {"dag": "seedream_catalog_batch"},
+        ).all()
+    return {(task_id, map_index, key): size for task_id, map_index, key, size in rows}
 
 
 

@@ -105,6 +105,9 @@ class SeedreamToS3Operator(BaseOperator):
     template_ext: Sequence[str] = (".txt", ".j2", ".jinja2")
     template_fields_renderers = {"extra_parameters": "json"}
     ui_color = "#f4d6c6"
+    from airflow_provider_seedream.links import SeedreamImagesLink as _ImagesLink  # the UI's link to the images
+
+    operator_extra_links = (_ImagesLink(),)
 
     def __init__(
         self,
@@ -233,6 +236,7 @@ class SeedreamToS3Operator(BaseOperator):
         finally:
             self.hook.close()
         self._record_asset_events(context, report, store.prefix)
+        self._record_outputs(context, report, store.prefix)
         if report.failures:
             if not report.retryable:
                 raise AirflowFailException(report.summary())
@@ -449,6 +453,26 @@ class SeedreamToS3Operator(BaseOperator):
         }
         for outlet in outlets:
             context["outlet_events"][outlet].extra.update(extra)
+
+    def _record_outputs(self, context: Context, report: BatchReport, prefix: str) -> None:
+        """Keep what the task wrote: a link to its images for the UI (in XCom), and their keys for lineage."""
+        from airflow_provider_seedream.links import SeedreamImagesLink
+
+        self._written = (prefix, [record["key"] for record in report.records])
+        SeedreamImagesLink.persist(context, self, self.s3_hook, self.s3_bucket, prefix=prefix)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """
+        The task's OpenLineage datasets (used when the openlineage provider is installed).
+
+        Outputs: the images stored (namespace ``s3://<bucket>``, name the key), or their prefix
+        when there are more than ``LINEAGE_OBJECT_LIMIT``; none when nothing was stored.
+        Inputs: the ``s3://`` reference images.
+        """
+        from airflow_provider_seedream.lineage import operator_lineage, s3_references
+
+        prefix, keys = getattr(self, "_written", (None, []))
+        return operator_lineage(self.s3_bucket, prefix, keys, references=s3_references(self.image, self.prompt))
 
 
 def _is_prompt_text(value: Any, template_ext: Sequence[str]) -> bool:
