@@ -24,6 +24,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="the only bearer key accepted (default: any non-empty key)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each generation")
     parser.add_argument(
+        "--latency-jitter",
+        type=float,
+        default=0.0,
+        help="up to this many seconds more per generation, drawn uniformly (seeded by --fault-seed)",
+    )
+    parser.add_argument(
+        "--latency-per-image",
+        action="store_true",
+        help="a group of n images takes n latencies, answered at once or streamed one every latency",
+    )
+    parser.add_argument(
+        "--images-per-minute",
+        type=float,
+        default=None,
+        help="the account's limit of images per minute for each model, answered 429 "
+        "ModelAccountIpmRateLimitExceeded beyond it (default: no limit)",
+    )
+    parser.add_argument(
+        "--burst-seconds",
+        type=float,
+        default=6.0,
+        help="seconds' worth of --images-per-minute a model's token bucket holds when full (default: %(default)s)",
+    )
+    parser.add_argument(
         "--rate-429", type=float, default=0.0, help="share of generations answered 429 RequestBurstTooFast"
     )
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429")
@@ -76,6 +100,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return EmulatorConfig(
         api_key=args.api_key,
         latency=args.latency,
+        latency_jitter=args.latency_jitter,
+        latency_per_image=args.latency_per_image,
+        images_per_minute=args.images_per_minute,
+        burst_seconds=args.burst_seconds,
         rate_429=args.rate_429,
         retry_after=args.retry_after,
         quota_exceeded=args.quota_exceeded,

@@ -12,10 +12,12 @@ Control API (emulator only, no auth):
 * ``GET /_emulator/stats``, ``GET /_emulator/images``
 * ``POST /_emulator/reset``
 
-A generation request goes through one path: checks (auth, body, validation, refusal marker,
-reference images), the fault decision, then either an immediate refusal (``429``, ``quota``,
-``503``) or the model's work: ``latency`` (plus ``slow_seconds`` for ``slow``), during which a
-client may leave, the images, and the answer (the images, a ``500``, a gateway ``502`` or
+A generation request goes through one path: checks (auth, body, validation), the account's
+rate limit (``images_per_minute``: 429 ``ModelAccountIpmRateLimitExceeded`` with ``Retry-After``
+when the model's bucket holds too few images), the refusal marker and reference images, the fault
+decision, then either an immediate refusal (``429``, ``quota``, ``503``) or the model's work:
+``latency`` plus its jitter (per image under ``latency_per_image``; plus ``slow_seconds`` for
+``slow``), during which a client may leave, the images, and the answer (the images, a ``500``, a gateway ``502`` or
 ``504``, or a broken connection). Under ``bill_abandoned`` images whose answer never reaches
 the client (it left, the connection broke, a gateway lost the answer) are still made and billed,
 and counted in ``billed_unanswered``; otherwise such a request bills nothing.
@@ -250,6 +252,20 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
         return bad_request(
             "InvalidParameter", f"size: the emulator renders at most {MAX_RENDER_PIXELS:,} pixels.", "size"
         )
+    model: str = body["model"]
+    count = image_count(body)
+    wait = state.admit(model, count)
+    if wait is not None:
+        return service_error(
+            429,
+            "ModelAccountIpmRateLimitExceeded",
+            f"The request exceeded the images per minute (IPM) limit of your account for model {model}. "
+            "Please try again later.",
+            request_id,
+            error_type="TooManyRequests",
+            param="",
+            headers={"Retry-After": str(wait)},
+        )
 
     image = body.get("image")
     references = [image] if isinstance(image, str) else list(image or [])
@@ -263,7 +279,6 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
             except ReferenceFetchError as error:
                 return bad_request("InvalidImageURL.ImageDownloadFailed", str(error), f"image[{error.index}]")
 
-    model: str = body["model"]
     digest = prompt_digest(prompt)
     draw = state.next_generation_fault(model, digest)
     fault = draw.fault
@@ -274,7 +289,6 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
     if refusal is not None:
         return refusal
 
-    count = image_count(body)
     failing = state.draw_item_failures(count, config.rate_item_error, model, digest, draw.attempt)
     if config.item_error_marker and config.item_error_marker in prompt:
         failing.add(count - 1)
@@ -309,7 +323,10 @@ async def _answer(
     signer: UrlSigner,
 ) -> Response:
     """Do the model's work for an accepted request and answer it as ``fault`` says."""
-    delay = config.latency + (config.slow_seconds if fault == "slow" else 0.0)
+    identity = (plan.model, plan.prompt_sha256, plan.attempt)
+    images = plan.count if config.latency_per_image else 1
+    delay = sum(state.latency(*identity, index) for index in range(images))
+    delay += config.slow_seconds if fault == "slow" else 0.0
     connected = await wait_while_connected(request, delay)
     if connected and fault == "500":
         return service_error(

@@ -25,8 +25,8 @@ _RATES = (
     "rate_download_500",
     "rate_download_denied",
 )
-_DURATIONS = ("latency", "retry_after", "slow_seconds", "url_ttl", "reference_timeout")
-_FLAGS = ("quota_exceeded", "fetch_references", "bill_abandoned")
+_DURATIONS = ("latency", "latency_jitter", "retry_after", "slow_seconds", "url_ttl", "reference_timeout")
+_FLAGS = ("quota_exceeded", "fetch_references", "bill_abandoned", "latency_per_image")
 _MARKERS = ("refuse_marker", "item_error_marker", "missing_model_marker")
 _SCRIPTS = {"script": GENERATION_FAULTS, "download_script": DOWNLOAD_FAULTS}
 
@@ -43,10 +43,32 @@ class EmulatorConfig:
     With ``fault_seed`` set, every random draw is derived from the seed and the request itself
     (the model, the prompt and how many requests for that prompt came before; the image and how
     many downloads of it came before), so a seeded run faults the same requests whatever the
-    order in which concurrent requests arrive.
+    order in which concurrent requests arrive. The latency's jitter is drawn the same way.
+
+    **The account's rate limit.** The service limits each model to a number of images per
+    minute for the account (``ModelAccountIpmRateLimitExceeded``). The emulator enforces it with
+    a token bucket per model: a request takes as many tokens as the images it asks for (1, or
+    ``max_images`` in group mode) when it is admitted, whatever happens to it next; the bucket
+    refills continuously at ``images_per_minute / 60`` tokens a second and holds at most
+    ``burst_seconds`` worth of them, and never less than the largest group (15), so that every
+    valid request can pass once the bucket is full. A request that finds too few tokens is
+    answered 429 ``ModelAccountIpmRateLimitExceeded`` at once, with ``Retry-After``: the whole
+    seconds until the bucket holds enough (at least 1). A steady client therefore gets exactly the
+    limit, and one that was idle gets at most ``burst_seconds`` of extra images in a burst. The
+    buckets start full, and are filled again by a reset or by a change of either knob.
 
     :param api_key: the only key accepted; ``None`` accepts any non-empty bearer key.
-    :param latency: seconds added to each generation request that reaches the model.
+    :param latency: seconds added to each generation request that reaches the model (in group
+        mode with ``latency_per_image``, or when streamed, to each image).
+    :param latency_jitter: up to this many seconds more, drawn uniformly for each request (each
+        image where ``latency`` is per image); seeded by ``fault_seed``.
+    :param latency_per_image: a group of ``n`` images takes ``n`` latencies, as the model makes
+        one image after another: a streamed group sends one image every latency (as it always
+        does), and a group answered at once waits for all ``n``. When false, a group answered at
+        once takes one latency.
+    :param images_per_minute: the account's limit of images per minute for each model;
+        ``None`` means no limit.
+    :param burst_seconds: how many seconds' worth of ``images_per_minute`` the full bucket holds.
     :param rate_429: share of generation requests answered 429 ``RequestBurstTooFast``.
     :param retry_after: seconds sent in ``Retry-After`` with ``RequestBurstTooFast``.
     :param quota_exceeded: answer every generation request 429 ``QuotaExceeded``.
@@ -86,6 +108,10 @@ class EmulatorConfig:
 
     api_key: str | None = None
     latency: float = 0.0
+    latency_jitter: float = 0.0
+    latency_per_image: bool = False
+    images_per_minute: float | None = None
+    burst_seconds: float = 6.0
     rate_429: float = 0.0
     retry_after: float = 1.0
     quota_exceeded: bool = False
@@ -122,12 +148,22 @@ class EmulatorConfig:
             if value < 0:
                 raise ValueError(f"{name} must not be negative, got {value}")
             setattr(self, name, value)
+        self.burst_seconds = _number("burst_seconds", self.burst_seconds)
         for name in _FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in _MARKERS:
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string (empty to disable), got {getattr(self, name)!r}")
+        if self.images_per_minute is not None:
+            value = _number("images_per_minute", self.images_per_minute)
+            if value <= 0:
+                raise ValueError(
+                    f"images_per_minute must be a positive number of images per minute, or null for no limit; got {value:g}"
+                )
+            self.images_per_minute = value
+        if self.burst_seconds <= 0:
+            raise ValueError(f"burst_seconds must be positive, got {self.burst_seconds:g}")
         if self.api_key is not None and not isinstance(self.api_key, str):
             raise ValueError("api_key must be a string or null")
         if self.api_key == "":

@@ -5,14 +5,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import random
 import threading
+import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_seedream.emulator.config import GENERATION_RATES, EmulatorConfig
+from airflow_provider_seedream.emulator.generation import MAX_GROUP_IMAGES
 from airflow_provider_seedream.emulator.images import ImageRecord
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ FAULT_KEYS = (
     "denied",
     "quota",
     "refused",
+    "rate_limited",
 )
 # 2**64: a draw is the first 8 bytes of a sha256 read as a fraction of this.
 _DRAW_SPAN = float(1 << 64)
@@ -91,6 +95,39 @@ class _Draws:
         return int.from_bytes(digest[:8], "big") / _DRAW_SPAN
 
 
+class TokenBuckets:
+    """The account's images-per-minute limit: one token bucket per model (see :class:`EmulatorConfig`).
+
+    Not thread-safe by itself: :class:`EmulatorState` calls it under its lock.
+
+    :param images_per_minute: the limit; ``None`` admits everything.
+    :param burst_seconds: how many seconds' worth of the limit a full bucket holds.
+    :param clock: monotonic seconds.
+    """
+
+    def __init__(
+        self, images_per_minute: float | None, burst_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_second = None if images_per_minute is None else images_per_minute / 60.0
+        self.capacity = 0.0 if self.per_second is None else max(self.per_second * burst_seconds, MAX_GROUP_IMAGES)
+        self._clock = clock
+        # model -> (tokens, when they were counted)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, model: str, images: int) -> float | None:
+        """Take ``images`` tokens from ``model``'s bucket; ``None`` when admitted, else seconds until enough."""
+        if self.per_second is None:
+            return None
+        now = self._clock()
+        tokens, counted = self._buckets.get(model, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - counted) * self.per_second)
+        if tokens >= images:
+            self._buckets[model] = (tokens - images, now)
+            return None
+        self._buckets[model] = (tokens, now)
+        return (images - tokens) / self.per_second
+
+
 class EmulatorState:
     """Everything that changes while the emulator runs, behind one lock.
 
@@ -114,6 +151,7 @@ class EmulatorState:
         self._script: deque[str] = deque(config.script)
         self._download_script: deque[str] = deque(config.download_script)
         self._reseed(config.fault_seed)
+        self._buckets = TokenBuckets(config.images_per_minute, config.burst_seconds)
 
     def _reseed(self, seed: int | None) -> None:
         self._draw = _Draws(seed)
@@ -138,7 +176,8 @@ class EmulatorState:
         """Apply ``changes`` to the knobs and return the new view.
 
         Setting ``script`` or ``download_script`` replaces the queue; setting ``fault_seed``
-        re-seeds the random draws and restarts the attempt numbers they are derived from.
+        re-seeds the random draws and restarts the attempt numbers they are derived from;
+        setting ``images_per_minute`` or ``burst_seconds`` fills every model's bucket anew.
 
         :raises ValueError: on an unknown knob or an invalid value.
         """
@@ -152,6 +191,8 @@ class EmulatorState:
             self._download_script = deque(updated.download_script)
             if "fault_seed" in changes:
                 self._reseed(updated.fault_seed)
+            if "images_per_minute" in changes or "burst_seconds" in changes:
+                self._buckets = TokenBuckets(updated.images_per_minute, updated.burst_seconds)
         log.info("Emulator knobs changed: %s", ", ".join(sorted(changes)) or "none")
         return self.config_view()
 
@@ -167,6 +208,28 @@ class EmulatorState:
             self._images = {}
             self._unanswered = set()
         log.info("Emulator state reset")
+
+    def admit(self, model: str, images: int) -> int | None:
+        """Take ``images`` from ``model``'s rate limit; ``None`` when admitted.
+
+        :return: for a request the limit refuses, the whole seconds until it would pass (at
+            least 1), for its ``Retry-After``; the refusal is counted in ``faults["rate_limited"]``.
+        """
+        with self._lock:
+            wait = self._buckets.take(model, images)
+            if wait is None:
+                return None
+            self._stats["faults"]["rate_limited"] += 1
+        return max(1, math.ceil(wait))
+
+    def latency(self, *identity: object) -> float:
+        """Return ``latency`` plus its jitter, drawn for ``identity`` (model, prompt digest, attempt, image)."""
+        config = self._config
+        if config.latency_jitter <= 0:
+            return config.latency
+        with self._lock:
+            draw = self._draw("latency", *identity)
+        return config.latency + config.latency_jitter * draw
 
     def next_generation_fault(self, model: str, prompt_sha256: str) -> GenerationDraw:
         """Decide the fault of a generation request: script first, then knobs, then chance.

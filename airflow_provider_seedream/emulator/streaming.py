@@ -21,7 +21,8 @@ it. Without group mode the single image streams the same way: one image event, `
 Timing and answers, for a request that passed every check (those still answer plain JSON errors):
 
 * the first image is made after ``latency`` (plus ``slow_seconds`` under a ``slow`` fault), each
-  next one ``latency`` later; each image is billed when it is made, and its event sent at once;
+  next one ``latency`` later, each latency with its own jitter (``latency_jitter``); each image is
+  billed when it is made, and its event sent at once;
 * the status line and headers (``200``, ``Content-Type: text/event-stream``) go out with the
   first event, so the faults decided before it still answer as without streaming: ``500``
   (nothing made) and the gateway's ``502``/``504`` (under ``bill_abandoned`` the model made the
@@ -144,7 +145,8 @@ class GenerationStream(Response):
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer the request; return ``True`` when unfinished work was handed to a background task."""
         plan, config, state, fault = self._plan, self._config, self._state, self._fault
-        first_delay = config.latency + (config.slow_seconds if fault == "slow" else 0.0)
+        identity = (plan.model, plan.prompt_sha256, plan.attempt)
+        first_delay = state.latency(*identity, 0) + (config.slow_seconds if fault == "slow" else 0.0)
         connected = await wait_while_connected(self._request, first_delay)
         if fault == "500":  # the model failed before making anything: nothing to bill
             if not connected:
@@ -175,7 +177,7 @@ class GenerationStream(Response):
         index = 0  # the next image to make
         while connected and index < plan.count:
             if index:
-                connected = await wait_while_connected(self._request, config.latency)
+                connected = await wait_while_connected(self._request, state.latency(*identity, index))
                 if not connected:
                     break
             if index == self._cut:

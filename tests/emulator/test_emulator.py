@@ -463,6 +463,7 @@ def test_runtime_config_and_reset(emulator: EmulatorServer) -> None:
         "denied",
         "quota",
         "refused",
+        "rate_limited",
     }
     assert emulator.images() == []
     assert requests.get(emulator.url + "/_emulator/health", timeout=10).json()["status"] == "ok"
