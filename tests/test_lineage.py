@@ -15,6 +15,7 @@ from PIL import Image
 
 from airflow_provider_seedream import lineage
 from tests.conftest import airflow_bin
+from tests.test_example_dags import DAGS, seedream_pool  # noqa: F401 (a fixture)
 
 
 def test_outputs_are_the_objects_up_to_a_limit_then_their_prefix():
@@ -54,13 +55,16 @@ def events_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def lineage_dags_test(dag_id: str, events: Path, conf: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def lineage_dags_test(
+    dag_id: str, events: Path, conf: dict[str, Any], **environment: str
+) -> subprocess.CompletedProcess[str]:
     """``airflow dags test`` with the openlineage provider writing its events to ``events`` (JSON Lines)."""
     env = os.environ.copy()
     env.update(
         {
             "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(events), "append": True}),
             "AIRFLOW__OPENLINEAGE__NAMESPACE": "seedream-tests",
+            **environment,
         }
     )
     command = [airflow_bin(), "dags", "test", dag_id, "-c", json.dumps(conf)]
@@ -94,3 +98,32 @@ def test_a_dag_run_emits_the_images_and_references_as_datasets(seedream_emulator
     outputs = sorted((item["namespace"], item["name"]) for item in event["outputs"])
     assert outputs == [(f"s3://{bucket}", "lineage/00000-00.jpg"), (f"s3://{bucket}", "lineage/00001-00.jpg")]
     assert [(item["namespace"], item["name"]) for item in event["inputs"]] == [(f"s3://{bucket}", "refs/photo.jpg")]
+
+
+@pytest.mark.usefixtures("airflow_db", "seedream_pool")
+def test_a_catalog_chunk_names_its_catalog_and_its_images(seedream_emulator, s3_client, bucket, tmp_path):
+    pytest.importorskip("airflow.providers.openlineage")
+    products = [
+        {"id": f"L{n}", "name": f"lamp {n}", "category": "Lighting", "colour": "black", "material": "steel"}
+        for n in range(3)
+    ]
+    s3_client.put_object(Bucket=bucket, Key="in/lamps.jsonl", Body="".join(json.dumps(p) + "\n" for p in products).encode())
+    events = tmp_path / "openlineage.jsonl"
+    conf = {"bucket": bucket, "catalog_key": "in/lamps.jsonl", "size": "1K", "chunk_size": 2}
+    done = lineage_dags_test(
+        "seedream_catalog_batch", events, conf,
+        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS), SEEDREAM_BUCKET=bucket, SEEDREAM_TASK_RETRIES="0",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    chunks = [
+        event for event in events_of(events)
+        if event.get("eventType") == "COMPLETE" and event["job"]["name"] == "seedream_catalog_batch.generate_images"
+    ]
+    assert len(chunks) == 2
+    catalog = (f"s3://{bucket}", "in/lamps.jsonl")
+    written = []
+    for event in chunks:
+        assert [(item["namespace"], item["name"]) for item in event["inputs"]] == [catalog]
+        written += [(item["namespace"], item["name"]) for item in event["outputs"]]
+    assert sorted(written) == [(f"s3://{bucket}", f"catalog/images/L{n}-00.jpg") for n in range(3)]

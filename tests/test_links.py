@@ -91,3 +91,11 @@ def test_a_finished_task_links_to_its_images_through_the_rest_api(seedream_emula
     assert answer == {"status": 200, "body": {"extra_links": {"Images in S3": link}, "total_entries": 1}}
     with urllib.request.urlopen(link, timeout=30) as response:  # the endpoint lists the images
         assert b"<Key>linked/run/00000-00.jpg</Key>" in response.read()
+
+
+def test_airflow_finds_the_links_through_the_provider():
+    from airflow.providers_manager import ProvidersManager
+
+    names = ProvidersManager().extra_links_class_names
+    assert "airflow_provider_seedream.links.SeedreamImagesLink" in names
+    assert "airflow_provider_seedream.links.CatalogGalleryLink" in names

@@ -40,20 +40,21 @@ class CatalogChunkToS3Operator(SeedreamToS3Operator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from airflow.sdk.exceptions import AirflowFailException
-        from airflow_provider_seedream.catalog.plan import chunk_prompts, load_chunk
+        from airflow_provider_seedream.catalog.plan import CatalogPlan, chunk_prompts, load_chunk
         from airflow_provider_seedream.catalog.rows import CatalogError
 
         try:
-            products = load_chunk(self.s3_hook.conn, self.catalog_plan, self.prompt_index_offset)
+            plan = CatalogPlan.from_xcom(self.catalog_plan)
+            products = load_chunk(self.s3_hook.conn, plan, self.prompt_index_offset)
         except CatalogError as error:
             raise AirflowFailException(str(error)) from None
         self.prompt = chunk_prompts(products)
         self.log.info(
-            "Chunk of %d product(s) from %s, products %d to %d",
-            len(products),
-            self.catalog_plan["catalog"],
+            "Products %d to %d of %s (%d in this chunk)",
             products[0]["index"],
             products[-1]["index"],
+            plan.catalog,
+            len(products),
         )
         return super().execute(context)
 
@@ -62,7 +63,8 @@ class CatalogChunkToS3Operator(SeedreamToS3Operator):
         from airflow_provider_seedream.lineage import s3_datasets
 
         lineage = super().get_openlineage_facets_on_complete(task_instance)
-        catalog = self.catalog_plan.get("catalog") if isinstance(self.catalog_plan, dict) else None
+        plan = self.catalog_plan
+        catalog = plan.get("catalog") if isinstance(plan, dict) else getattr(plan, "catalog", None)
         lineage.inputs = [*s3_datasets([catalog] if catalog else []), *lineage.inputs]
         return lineage
 
