@@ -312,17 +312,19 @@ class BatchRunner:
         for thread in threads:
             thread.start()
         try:
-            self._wait(report)
-        except BaseException as error:  # the execution timeout, a signal, anything the main thread raises
-            self.stop(f"interrupted by {type(error).__name__}", interrupt=True)
-            self._wind_down(work, report)
-            raise
+            try:
+                self._wait(report)
+            except BaseException as error:  # the execution timeout, a signal, anything the main thread raises
+                self.stop(f"interrupted by {type(error).__name__}", interrupt=True)
+                self._wind_down(work, report)
+                raise
+            if self._interrupted:  # on_kill
+                self._wind_down(work, report)
+                raise BatchInterrupted(report)
         finally:
+            # The transfer threads end once what they were given is stored (or the process ends).
             for _ in range(self.max_concurrency):
                 transfers.put(None)
-        if self._interrupted:
-            self._wind_down(work, report)
-            raise BatchInterrupted(report)
         return self._finished(report)
 
     # -- before anything is sent -----------------------------------------------------------------
