@@ -270,6 +270,23 @@ def test_catalog_rows_inserted_or_reordered_regenerate_nothing_unchanged(seedrea
 
 
 @pytest.mark.usefixtures("airflow_db", "seedream_pool")
+def test_catalog_with_a_bad_row_fails_before_any_request(seedream_emulator, s3_client, bucket):
+    rows = [
+        {"id": "B1", "name": "bowl", "category": "Kitchen", "colour": "white", "material": "porcelain"},
+        {"id": "B2", "name": "jug", "category": "Kitchen", "colour": "blue", "material": "glass"},
+        {"id": "B1", "name": "plate", "category": "Kitchen", "colour": "grey", "material": "stone"},
+    ]
+    s3_client.put_object(Bucket=bucket, Key="in/bad.csv", Body=b"id,name,category,colour,material\n" + "".join(
+        ",".join(row.values()) + "\n" for row in rows).encode())
+    done = example_dags_test("seedream_catalog_batch", bucket, {"bucket": bucket, "catalog_key": "in/bad.csv"})
+    assert done.returncode != 0
+    log = done.stdout + done.stderr
+    assert "AirflowFailException" in log and "catalog line 4 (id 'B1'): the id appears more than once" in log
+    assert seedream_emulator.stats()["generation_requests"] == 0
+    assert keys(s3_client, bucket, "catalog/") == [], "nothing prepared, nothing generated"
+
+
+@pytest.mark.usefixtures("airflow_db", "seedream_pool")
 def test_catalog_batch_partial_failure_still_reports(seedream_emulator, s3_client, bucket):
     products = [
         {"id": "P1", "name": "blue vase", "category": "Decor", "colour": "blue", "material": "glass"},

@@ -99,7 +99,7 @@ def _lines(stream: IO[bytes]) -> Iterator[str]:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise CatalogError(f"catalog line {number}: not UTF-8 text: {error.reason} at byte {error.start}") from None
-    except (OSError, EOFError, zlib.error) as error:
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # a broken file; network errors stay retryable
         raise CatalogError(f"catalog: unreadable after line {number}: {type(error).__name__}: {error}") from None
 
 
