@@ -395,27 +395,7 @@ class SeedreamHook(BaseHook):
             raise SeedreamUnknownOutcomeError(f"the stream ended before it completed, after {received} image(s)")
 
     def _open_stream(self, session: requests.Session, body: dict[str, Any], timeout: float) -> requests.Response:
-        settings = self.settings
-        try:
-            response = session.post(
-                settings["endpoint"],
-                json=body,
-                headers={"Authorization": f"Bearer {settings['api_key']}", "Accept": "text/event-stream"},
-                timeout=(self.connect_timeout, timeout),
-                stream=True,
-            )
-        except requests.ConnectionError as error:
-            if _never_sent(error):
-                raise
-            raise SeedreamUnknownOutcomeError(f"the connection broke after the request was sent ({type(error).__name__})") from None
-        except requests.Timeout:
-            raise SeedreamUnknownOutcomeError(f"no event within the read timeout of {timeout:g} s") from None
-        if response.status_code == 200:
-            return response
-        with response:
-            if response.status_code in UNKNOWN_OUTCOME_STATUSES:
-                raise SeedreamUnknownOutcomeError(f"a gateway answered HTTP {response.status_code}")
-            raise api_error(response)
+        return self._send(session, body, timeout, {"Accept": "text/event-stream"})
 
     def _stream_event(self, name: str | None, data: str, request_id: str | None, spool: bool) -> StreamEvent:
         try:
@@ -443,12 +423,19 @@ class SeedreamHook(BaseHook):
         return isinstance(error, requests.ConnectionError) and _never_sent(error)
 
     def _post(self, session: requests.Session, body: dict[str, Any], timeout: float, spool: bool) -> GenerationResult:
+        with self._send(session, body, timeout) as response:
+            return self._read_answer(response, response.headers.get("x-request-id"), spool)
+
+    def _send(
+        self, session: requests.Session, body: dict[str, Any], timeout: float, headers: dict[str, str] | None = None
+    ) -> requests.Response:
+        """POST ``body``; return a 200 response whose body is still to be read, or raise what happened."""
         settings = self.settings
         try:
             response = session.post(
                 settings["endpoint"],
                 json=body,
-                headers={"Authorization": f"Bearer {settings['api_key']}"},
+                headers={"Authorization": f"Bearer {settings['api_key']}", **(headers or {})},
                 timeout=(self.connect_timeout, timeout),
                 stream=True,
             )
@@ -458,15 +445,15 @@ class SeedreamHook(BaseHook):
             raise SeedreamUnknownOutcomeError(f"the connection broke after the request was sent ({type(error).__name__})") from None
         except requests.Timeout:
             raise SeedreamUnknownOutcomeError(f"no answer within the read timeout of {timeout:g} s") from None
+        if response.status_code == 200:
+            return response
         with response:
             request_id = response.headers.get("x-request-id")
             if response.status_code in UNKNOWN_OUTCOME_STATUSES:
                 raise SeedreamUnknownOutcomeError(
                     f"a gateway answered HTTP {response.status_code}" + (f" (request id {request_id})" if request_id else "")
                 )
-            if response.status_code != 200:
-                raise api_error(response)
-            return self._read_answer(response, request_id, spool)
+            raise api_error(response)
 
     def _read_answer(self, response: requests.Response, request_id: str | None, spool: bool) -> GenerationResult:
         """Parse a 200 answer item by item; an answer that breaks off keeps the images already read."""
