@@ -62,29 +62,29 @@ def test_batch_lands_in_s3_with_metadata_and_small_xcom(seedream_emulator, s3_cl
 
 def test_rerun_costs_nothing_and_a_changed_prompt_is_regenerated(seedream_emulator, s3_client, bucket):
     prompts = ["a kite", "a boat", "a train"]
-    first = task_xcom(run_dag("seedream_test_batch", prompts=prompts, bucket=bucket), "generate")
+    first = task_xcom(run_dag("seedream_test_batch", prompts=prompts, bucket=bucket, prefix="rerun"), "generate")
     assert seedream_emulator.stats()["generation_requests"] == 3
 
     seedream_emulator.reset()
-    second = task_xcom(run_dag("seedream_test_batch", prompts=prompts, bucket=bucket), "generate")
+    second = task_xcom(run_dag("seedream_test_batch", prompts=prompts, bucket=bucket, prefix="rerun"), "generate")
     assert seedream_emulator.stats()["generation_requests"] == 0
     assert all(record["reused"] for record in second)
     assert [(r["key"], r["sha256"], r["bytes"]) for r in second] == [(r["key"], r["sha256"], r["bytes"]) for r in first]
 
     seedream_emulator.reset()
     changed = ["a kite", "a red boat", "a train"]
-    third = task_xcom(run_dag("seedream_test_batch", prompts=changed, bucket=bucket), "generate")
+    third = task_xcom(run_dag("seedream_test_batch", prompts=changed, bucket=bucket, prefix="rerun"), "generate")
     assert seedream_emulator.stats()["generation_requests"] == 1
     assert [record["reused"] for record in third] == [True, False, True]
     assert third[1]["sha256"] != first[1]["sha256"] and third[1]["key"] == first[1]["key"]
 
     seedream_emulator.reset()
-    resized = task_xcom(run_dag("seedream_test_batch", prompts=changed, bucket=bucket, size="2K"), "generate")
+    resized = task_xcom(run_dag("seedream_test_batch", prompts=changed, bucket=bucket, size="2K", prefix="rerun"), "generate")
     assert seedream_emulator.stats()["generation_requests"] == 3
     assert {record["size"] for record in resized} == {"2048x2048"}
 
     seedream_emulator.reset()
-    replaced_run = run_dag("seedream_test_replace", prompts=changed, bucket=bucket, size="2K")
+    replaced_run = run_dag("seedream_test_replace", prompts=changed, bucket=bucket, size="2K", prefix="rerun")
     assert replaced_run.state == "success"
     assert seedream_emulator.stats()["generation_requests"] == 3
     replaced = task_xcom(replaced_run, "generate")
