@@ -149,18 +149,22 @@ def verdict(value: float | None, target: float, at_least: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def run_case(services: Any, spec: dict[str, Any]) -> dict[str, Any]:
+def run_case(services: Any, spec: dict[str, Any], reset: bool = True) -> dict[str, Any]:
     """Reset the services, run one worker and add the servers' CPU seconds and the emulator's counters.
 
     :param services: a started :class:`servers.Services`.
     :param spec: the worker's spec.
+    :param reset: reset the services first (``False``: the caller just did).
     :return: the worker's figures plus ``emulator_cpu_s``, ``s3_cpu_s``, ``generation_requests``,
-        ``downloads_ok``, ``emulator_renders`` (renders since the emulator started: stays 1
-        per size when its cache serves every image), ``setup_s`` (from the clock's start to the
-        first generation reaching the emulator) and ``tail_s`` (from the last generation's
-        answer to the end).
+        ``downloads_ok``, ``generation_in_flight_peak`` (the most generations the emulator
+        held at once), ``emulator_renders`` and ``emulator_captions`` (since the emulator
+        started: background bands drawn, once per palette, size and format, and caption bands
+        drawn, one per image; everything else comes from its cache), ``setup_s`` (from the
+        clock's start to the first generation reaching the emulator) and ``tail_s`` (from the
+        last generation's answer to the end).
     """
-    services.reset()
+    if reset:
+        services.reset()
     before = services.server_cpu()
     figures = run_worker(spec, services.connection_env())
     after = services.server_cpu()
@@ -177,6 +181,8 @@ def run_case(services: Any, spec: dict[str, Any]) -> dict[str, Any]:
         s3_cpu_s=after["s3"] - before["s3"],
         generation_requests=stats["generation_requests"],
         downloads_ok=stats["downloads_ok"],
+        generation_in_flight_peak=stats["generation_in_flight_peak"],
         emulator_renders=health.get("renders"),
+        emulator_captions=health.get("captions"),
     )
     return figures

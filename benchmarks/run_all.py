@@ -1,12 +1,12 @@
-"""Run every benchmark (throughput, memory, parse cost, overhead) and print one combined table.
+"""Run every benchmark (throughput, memory, parse cost, overhead, streaming, rate limit) and print one combined table.
 
 Each benchmark runs as its own script in a child process, with its output shown as it
 comes; the combined table and one JSON line (every benchmark's figures) come last.
 
 Usage::
 
-    python benchmarks/run_all.py            # the default parameters (several minutes)
-    python benchmarks/run_all.py --quick    # smaller batches (about two minutes)
+    python benchmarks/run_all.py            # the default parameters (about 20 minutes)
+    python benchmarks/run_all.py --quick    # smaller batches (about five minutes)
     python benchmarks/run_all.py --only throughput,memory
 """
 
@@ -24,23 +24,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCHMARKS, ROOT, emit, machine, table, verdict  # noqa: E402
 
-ORDER = ("throughput", "memory", "parse_cost", "overhead")
+ORDER = ("throughput", "memory", "parse_cost", "overhead", "streaming", "rate_limit")
 PARAMETERS: dict[str, dict[str, list[str]]] = {
     "default": {name: [] for name in ORDER},
     "quick": {
-        "throughput": ["--n", "96", "--latency", "0.5", "--baseline-n", "16", "--http-to-s3-n", "8", "--repeat", "1"],
+        "throughput": [
+            "--n", "96", "--latency", "0.5", "--baseline-n", "16", "--http-to-s3-n", "8", "--repeat", "1", "--large-n", "500",
+        ],
         "memory": ["--small", "10", "--large", "100"],
         "parse_cost": ["--repeat", "3"],
         "overhead": ["--n", "100", "--repeat", "1"],
+        "streaming": ["--repeat", "1"],
+        "rate_limit": ["--prompts", "500", "--small", "200"],
     },
     # For the smoke test: every code path, no meaningful figures.
     "tiny": {
         "throughput": [
             "--n", "4", "--latency", "0.05", "--concurrency", "2", "--baseline-n", "2", "--http-to-s3-n", "2", "--repeat", "1",
+            "--large-n", "6", "--large-concurrency", "3",
         ],
         "memory": ["--small", "2", "--large", "4", "--size", "1K", "--concurrency", "2"],
         "parse_cost": ["--repeat", "1"],
         "overhead": ["--n", "4", "--concurrency", "2", "--repeat", "1"],
+        "streaming": ["--images", "3", "--latency", "0.1", "--repeat", "1"],
+        "rate_limit": ["--tiny"],
     },
 }
 
@@ -89,6 +96,12 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
         ]
         if "speedup_vs_http_to_s3" in t:
             rows.append(["throughput", "speedup vs HttpToS3Operator", t["speedup_vs_http_to_s3"], "", ""])
+        if "large" in t:
+            large = t["large"]
+            rows += [
+                ["throughput", f"one task N={large['n']} C={large['concurrency']}: wall s", large["wall_s"], f"bound {large['latency_bound_s']:.2f}", ""],
+                ["throughput", f"one task N={large['n']} C={large['concurrency']}: efficiency", large["efficiency"], ">= 0.9", verdict(large["efficiency"], 0.9, True)],
+            ]
     if "memory" in results:
         m = results["memory"]
         rows += [
@@ -110,6 +123,24 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
             ["overhead", "task CPU ms/image", o["task_ms_per_image"], "", ""],
             ["overhead", "beyond the naive loop, ms/image", o["provider_ms_per_image"], "<= 5", verdict(o["provider_ms_per_image"], 5, False)],
             ["overhead", "S3 server CPU ms/image", o["s3_ms_per_image"], "", ""],
+        ]
+    if "streaming" in results:
+        st = results["streaming"]
+        setting = f"{st['images']} images, {st['latency_s']} s each"
+        rows += [
+            ["streaming", f"first image in S3, s, stream=True ({setting})", st["first_image_s"]["streamed"], "", ""],
+            ["streaming", "first image in S3, s, stream=False", st["first_image_s"]["at_once"], "", ""],
+            ["streaming", "total s, stream=True / stream=False", f"{st['total_s']['streamed']:.2f} / {st['total_s']['at_once']:.2f}", "", ""],
+        ]
+    if "rate_limit" in results:
+        r = results["rate_limit"]
+        setting = f"{r['prompts']} products, limit {r['images_per_minute']:g}/min"
+        rows += [
+            ["rate_limit", f"images/min achieved / limit ({setting})", r["achieved_ratio"], ">= 0.9", verdict(r["achieved_ratio"], 0.9, True)],
+            ["rate_limit", "share of requests answered 429", r["rate_limited_share"], "<= 0.05", verdict(r["rate_limited_share"], 0.05, False)],
+            ["rate_limit", "wall s / bound (products / limit)", r["wall_ratio"], "", ""],
+            ["rate_limit", f"peak RSS per task, {r['prompts']} / {r['small_prompts']} products (worst)", r["max_rss_growth"], "<= 1.1", verdict(r["max_rss_growth"], 1.1, False)],
+            ["rate_limit", "largest XCom, bytes", r["largest_xcom_bytes"], "< 65,536", verdict(r["largest_xcom_bytes"], 65535, False)],
         ]
     return rows
 

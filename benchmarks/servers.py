@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -135,8 +136,27 @@ class ServerProcess:
         self._log.close()
 
 
-def start_emulator(latency: float = 0.0, env: dict[str, str] | None = None) -> ServerProcess:
-    """Start ``python -m airflow_provider_seedream.emulator`` on a free port with the given latency."""
+def emulator_flags(knobs: Mapping[str, Any]) -> list[str]:
+    """The emulator's command-line flags for ``knobs``: ``{"images_per_minute": 600}`` gives
+    ``--images-per-minute 600``, a true flag gives the bare option, a false or ``None`` one nothing."""
+    flags: list[str] = []
+    for name, value in knobs.items():
+        option = "--" + name.replace("_", "-")
+        if value is True:
+            flags.append(option)
+        elif value is not None and value is not False:
+            flags += [option, str(value)]
+    return flags
+
+
+def start_emulator(
+    latency: float = 0.0, env: dict[str, str] | None = None, knobs: Mapping[str, Any] | None = None
+) -> ServerProcess:
+    """Start ``python -m airflow_provider_seedream.emulator`` on a free port with the given latency.
+
+    :param knobs: more knobs given at start, by their names (see :func:`emulator_flags`); a
+        reset of the emulator returns to them.
+    """
     port = free_port()
     command = [
         sys.executable,
@@ -152,6 +172,7 @@ def start_emulator(latency: float = 0.0, env: dict[str, str] | None = None) -> S
         API_KEY,
         "--log-level",
         "warning",
+        *emulator_flags(knobs or {}),
     ]
     return ServerProcess("emulator", command, f"http://127.0.0.1:{port}", "/_emulator/health", env)
 
@@ -167,17 +188,19 @@ class Services:
     """The emulator and moto's S3 server for one benchmark run; a context manager.
 
     :param latency: seconds the emulator adds to each generation (its ``latency`` knob).
+    :param emulator_knobs: the emulator's other knobs at start (kept across resets).
     """
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, emulator_knobs: Mapping[str, Any] | None = None) -> None:
         self.latency = latency
+        self.emulator_knobs = dict(emulator_knobs or {})
         self.home = Path(tempfile.mkdtemp(prefix="seedream-bench-home-"))
         self.base_env = benchmark_environment(self.home)
         self.emulator: ServerProcess | None = None
         self.s3: ServerProcess | None = None
 
     def __enter__(self) -> Services:
-        self.emulator = start_emulator(self.latency, self.base_env)
+        self.emulator = start_emulator(self.latency, self.base_env, self.emulator_knobs)
         try:
             self.s3 = start_moto(self.base_env)
         except BaseException:

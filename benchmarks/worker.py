@@ -8,7 +8,8 @@ and ``BENCH_*`` variables set by :meth:`servers.Services.connection_env`.
 Modes (the spec's ``mode``):
 
 ``operator``
-    ``SeedreamToS3Operator(prompt=[...], max_concurrency=C).execute(context)``, as a task runs it.
+    ``SeedreamToS3Operator(prompt=[...], max_concurrency=C).execute(context)``, as a task runs it,
+    with the least context a task runner gives (see :func:`task_context`).
 ``naive``
     The hand-written ``PythonOperator`` callable: for each prompt in turn ``requests.post``,
     ``requests.get(url).content`` and boto3 ``put_object``.
@@ -23,7 +24,8 @@ The modules each mode needs are imported, and the process's RSS read, before the
 starts: the figures cover the task's work (connections, clients, requests, transfers),
 not the interpreter's or Airflow's start-up. The spec's other fields: ``n`` (prompts),
 ``concurrency`` (operator only), ``size`` (``None`` for the service default, 2048x2048),
-``prefix`` (S3 key prefix) and ``label`` (a tag that makes the prompts unique to the run).
+``prefix`` (S3 key prefix), ``label`` (a tag that makes the prompts unique to the run) and, for
+the operator, ``group`` (images per prompt, in group mode) and ``stream``.
 """
 
 from __future__ import annotations
@@ -61,10 +63,49 @@ def prompts(n: int, label: str) -> list[str]:
 # -- the three ways ---------------------------------------------------------------------------
 
 
+class TaskInstance:
+    """What the operator reads of its task instance: an unmapped ``map_index`` and ``xcom_push``.
+
+    Pushed values (the task's extra links) are kept in :attr:`xcoms`.
+    """
+
+    def __init__(self) -> None:
+        self.map_index = -1
+        self.xcoms: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        """Keep ``value`` under ``key``, as the task runner sends it to XCom."""
+        self.xcoms[key] = value
+
+
+class DagRun:
+    """What the operator reads of its DAG run: the run id (its pending-links records are named by it)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+
+def task_context(label: str) -> dict[str, Any]:
+    """The smallest context a task runner would hand the operator: ``ti``, ``dag_run`` and ``run_id``."""
+    ti = TaskInstance()
+    run_id = f"manual__{label}"
+    return {"ti": ti, "task_instance": ti, "dag_run": DagRun(run_id), "run_id": run_id}
+
+
 def run_operator(spec: dict[str, Any]) -> None:
-    """The provider: one task, ``max_concurrency`` prompts in flight."""
+    """The provider: one task, ``max_concurrency`` prompts in flight.
+
+    With ``group`` in the spec, each prompt asks for a group of that many images
+    (``sequential_image_generation="auto"``), streamed when ``stream`` is true.
+    """
     from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
 
+    parameters: dict[str, Any] = {}
+    if spec.get("group"):
+        parameters["sequential_image_generation"] = "auto"
+        parameters["sequential_image_generation_options"] = {"max_images": spec["group"]}
+    if spec.get("stream") is not None:
+        parameters["stream"] = spec["stream"]
     operator = SeedreamToS3Operator(
         task_id="generate",
         prompt=prompts(spec["n"], spec["label"]),
@@ -72,9 +113,11 @@ def run_operator(spec: dict[str, Any]) -> None:
         s3_prefix=spec["prefix"],
         size=spec.get("size"),
         max_concurrency=spec["concurrency"],
+        **parameters,
     )
-    records = operator.execute({})  # type: ignore[arg-type]
-    assert len(records) == spec["n"], f"stored {len(records)} of {spec['n']}"
+    records = operator.execute(task_context(spec["label"]))  # type: ignore[arg-type]
+    expected = spec["n"] * (spec.get("group") or 1)
+    assert len(records) == expected, f"stored {len(records)} of {expected}"
 
 
 def run_naive(spec: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """The benchmark scripts run end to end at tiny sizes and end with their JSON figures.
 
-Each script starts its own emulator and moto S3 server on free ports; nothing here asserts
-a timing, only that the script exits 0 and its last line is a JSON object with its keys.
+Each script starts its own emulator and moto S3 server on free ports (``rate_limit.py`` also
+its own Airflow deployment); nothing here asserts a timing, only that the script exits 0 and
+its last line is a JSON object with its keys.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ BENCHMARKS = ROOT / "benchmarks"
 
 CASES: dict[str, tuple[list[str], set[str]]] = {
     "throughput": (
-        ["--n", "4", "--latency", "0.05", "--concurrency", "2", "--baseline-n", "2", "--http-to-s3-n", "2", "--repeat", "1"],
+        ["--n", "4", "--latency", "0.05", "--concurrency", "2", "--baseline-n", "2", "--http-to-s3-n", "2", "--repeat", "1",
+         "--large-n", "6", "--large-concurrency", "3"],
         {"benchmark", "n", "latency_s", "concurrency", "wall_s", "images_per_s", "efficiency", "naive_wall_s",
-         "speedup_vs_naive", "speedup_vs_http_to_s3", "emulator_renders", "cases"},
+         "speedup_vs_naive", "speedup_vs_http_to_s3", "emulator_renders", "emulator_captions", "cases", "large",
+         "large_efficiency"},
     ),
     "memory": (
         ["--small", "2", "--large", "4", "--size", "1K", "--concurrency", "2"],
@@ -36,6 +39,17 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
         ["--n", "4", "--concurrency", "2", "--repeat", "1"],
         {"benchmark", "task_ms_per_image", "marginal_ms_per_image", "naive_ms_per_image", "provider_ms_per_image",
          "s3_ms_per_image", "emulator_ms_per_image", "cases"},
+    ),
+    "streaming": (
+        ["--images", "3", "--latency", "0.1", "--repeat", "1"],
+        {"benchmark", "images", "latency_s", "first_image_s", "total_s", "first_image_sooner", "total_ratio", "ways"},
+    ),
+    # A real Airflow deployment (api-server, scheduler, dag-processor) running the catalog DAG twice.
+    "rate_limit": (
+        ["--tiny"],
+        {"benchmark", "prompts", "small_prompts", "images_per_minute", "achieved_images_per_minute", "achieved_ratio",
+         "rate_limited_share", "wall_s", "bound_s", "wall_ratio", "peak_rss_mb", "rss_growth", "max_rss_growth",
+         "largest_xcom_bytes", "pool_slots", "max_concurrency", "runs"},
     ),
     "run_all": (["--tiny", "--only", "overhead"], {"benchmark", "preset", "machine", "results"}),
 }
@@ -69,3 +83,10 @@ def test_benchmark_ends_with_its_json_figures(name: str) -> None:
         assert set(figures["results"]) == {"overhead"}
     if name == "parse_cost":
         assert "parse_cost_baseline.py" in figures["dags"]
+    if name == "streaming":
+        assert set(figures["ways"]) == {"streamed", "at_once"}
+    if name == "rate_limit":
+        # Every product made its image in both runs, and the task processes were found under the scheduler.
+        assert {run["state"] for run in figures["runs"].values()} == {"success"}
+        assert (figures["runs"]["small"]["images_made"], figures["runs"]["large"]["images_made"]) == (20, 40)
+        assert "generate_images" in figures["peak_rss_mb"]
