@@ -2,12 +2,11 @@
 Image-to-image variants: new scenes for every product photo already in S3.
 
 ``list_photos`` lists the images directly under ``source_prefix`` (``photos/`` by default; the
-variants folder below it is left out) and, for each photo, plans one prompt per variant, each
-a mapping ``{"prompt": ..., "image": "s3://<bucket>/photos/<name>"}`` that sends the photo as
-the reference image. ``generate_variants`` is mapped over the photos and stores the variants of
-``photos/mug.jpg`` at ``photos/variants/mug/<variant index:05d>-00.jpg``. ``write_index``
-writes ``photos/variants/index.json``, naming each variant's key, then fails the run if any
-variant is missing.
+variants folder below it is left out) and plans one prompt per variant for each photo, sending
+the photo as the reference image. ``generate_variants`` is mapped over the photos and stores
+the variants of ``photos/mug.jpg`` at ``photos/variants/mug/<variant index:05d>-00.jpg``.
+``write_index`` writes ``photos/variants/index.json``, naming each variant's key, then fails
+the run if any variant is missing.
 
 Because the photo's content is part of what decides an image, a rerun regenerates only the
 variants of photos that changed (or of variants whose prompt changed).
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import DAG, Param, TriggerRule, task
@@ -30,8 +28,6 @@ AWS_CONN_ID = os.environ.get("SEEDREAM_AWS_CONN_ID", "aws_default")
 # Task-level retries; the hook already retries rate limits, 5xx and broken connections itself.
 TASK_RETRIES = int(os.environ.get("SEEDREAM_TASK_RETRIES", "2"))
 POOL = os.environ.get("SEEDREAM_POOL", "seedream_api")
-PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-INDEX_NAME = "index.json"
 
 DEFAULT_INSTRUCTION = (
     "Keep the product in the reference photo exactly as it is (shape, colour, material, any logo) "
@@ -42,42 +38,6 @@ DEFAULT_VARIANTS = [
     {"name": "winter", "prompt": "a cosy winter cabin table, warm lamp light, snow falling outside the window"},
     {"name": "summer", "prompt": "a sunny wooden terrace in summer, dappled shade from leaves"},
 ]
-
-
-def photo_stem(key: str, taken: set[str]) -> str:
-    """The folder name of a photo's variants: its file name without extension, made unique."""
-    name = key.rpartition("/")[2]
-    stem, dot, extension = name.rpartition(".")
-    stem = stem if dot else name
-    if stem in taken:
-        stem = f"{stem}-{extension}"
-    taken.add(stem)
-    return stem
-
-
-def variant_arguments(
-    bucket: str,
-    photo_keys: Sequence[str],
-    variants: Sequence[Mapping[str, str]],
-    instruction: str,
-    variants_prefix: str,
-) -> list[dict[str, Any]]:
-    """The operator arguments of one mapped task instance per photo: its prompts and its prefix."""
-    taken: set[str] = set()
-    arguments = []
-    for key in photo_keys:
-        stem = photo_stem(key, taken)
-        arguments.append(
-            {
-                "prompt": [
-                    {"prompt": f"{instruction} {variant['prompt']}".strip(), "image": f"s3://{bucket}/{key}"}
-                    for variant in variants
-                ],
-                "s3_prefix": f"{variants_prefix.strip('/')}/{stem}",
-            }
-        )
-    return arguments
-
 
 with DAG(
     dag_id="seedream_image_variants",
@@ -93,10 +53,7 @@ with DAG(
         "variants_prefix": Param("photos/variants", type="string", description="Where the variants go."),
         "instruction": Param(DEFAULT_INSTRUCTION, type="string", description="Put before every variant's prompt."),
         "variants": Param(
-            DEFAULT_VARIANTS,
-            type="array",
-            minItems=1,
-            items={"type": "object", "required": ["name", "prompt"]},
+            DEFAULT_VARIANTS, type="array", minItems=1, items={"type": "object", "required": ["name", "prompt"]},
             description="One image per photo and variant: a name and a prompt.",
         ),
         "size": Param("2K", type="string", description="1K, 2K, 3K, 4K or WxH (at least 3,686,400 pixels for 5.0)."),
@@ -107,25 +64,13 @@ with DAG(
     @task
     def list_photos(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """List the photos under the source prefix and plan their variants."""
-        import logging
-
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        log = logging.getLogger(__name__)
+        from airflow_provider_seedream.variants import plan_variants
+
         assert params is not None
-        bucket = params["bucket"]
-        prefix = params["source_prefix"].strip("/")
-        prefix = f"{prefix}/" if prefix else ""
-        keys = S3Hook(aws_conn_id=AWS_CONN_ID).list_keys(bucket_name=bucket, prefix=prefix, delimiter="/")
-        photos = sorted(key for key in keys if key.lower().endswith(PHOTO_EXTENSIONS))
-        if params["max_photos"]:
-            photos = photos[: params["max_photos"]]
-        if not photos:
-            raise ValueError(f"no photo ({', '.join(PHOTO_EXTENSIONS)}) directly under s3://{bucket}/{prefix}")
-        log.info(
-            "%d photo(s) under s3://%s/%s, %d variant(s) each", len(photos), bucket, prefix, len(params["variants"])
-        )
-        return variant_arguments(bucket, photos, params["variants"], params["instruction"], params["variants_prefix"])
+        names = ("bucket", "source_prefix", "variants", "instruction", "variants_prefix", "max_photos")
+        return plan_variants(S3Hook(aws_conn_id=AWS_CONN_ID), *(params[name] for name in names))
 
     photos = list_photos()
 
@@ -146,49 +91,28 @@ with DAG(
 
     # Runs once every photo is done, failed or not; skipped only when nothing upstream succeeded.
     @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS, retries=0)
-    def write_index(
-        planned: list[dict[str, Any]], params: dict[str, Any] | None = None, ti: Any = None
-    ) -> dict[str, Any]:
+    def write_index(planned: list[dict[str, Any]], params: dict[str, Any] | None = None, ti: Any = None) -> str:
         """Write which key holds which variant of which photo; fail if any variant is missing."""
-        import json
-        import logging
-
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         from airflow.sdk.exceptions import AirflowFailException
 
-        log = logging.getLogger(__name__)
+        from airflow_provider_seedream.variants import write_variants_index
+
         assert params is not None
-        bucket = params["bucket"]
-        entries = []
-        missing = 0
-        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["generate_variants"], run_ids=[ti.run_id])
-        states = states.get(ti.run_id, {})
-        for map_index, arguments in enumerate(planned):
-            records: list[dict[str, Any]] = []
-            if states.get(f"generate_variants_{map_index}") == "success":
-                records = ti.xcom_pull(task_ids="generate_variants", map_indexes=map_index) or []
-            by_prompt: dict[int, list[str]] = {}
-            for record in records:
-                by_prompt.setdefault(int(record["prompt_index"]), []).append(record["key"])
-            for position, (variant, item) in enumerate(zip(params["variants"], arguments["prompt"])):
-                keys = by_prompt.get(position, [])
-                missing += not keys
-                entries.append(
-                    {
-                        "photo": item["image"],
-                        "variant": variant["name"],
-                        "prompt": item["prompt"],
-                        "keys": keys,
-                        "status": "stored" if keys else "failed",
-                    }
-                )
-        key = f"{params['variants_prefix'].strip('/')}/{INDEX_NAME}"
-        S3Hook(aws_conn_id=AWS_CONN_ID).load_string(
-            json.dumps({"variants": entries}, indent=2), key=key, bucket_name=bucket, replace=True
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["generate_variants"], run_ids=[ti.run_id]).get(ti.run_id, {})
+
+        def records_of(map_index: int) -> Any:  # a photo whose task failed pushed nothing
+            if states.get(f"generate_variants_{map_index}") != "success":
+                return None
+            return ti.xcom_pull(task_ids="generate_variants", map_indexes=map_index)
+
+        hook = S3Hook(aws_conn_id=AWS_CONN_ID)
+        key, count, missing = write_variants_index(
+            hook, params["bucket"], params["variants_prefix"], params["variants"], planned, records_of
         )
-        log.info("Wrote s3://%s/%s: %d variant(s), %d missing", bucket, key, len(entries), missing)
+        index = f"s3://{params['bucket']}/{key}"
         if missing:
-            raise AirflowFailException(f"{missing} of {len(entries)} variant(s) have no image; see s3://{bucket}/{key}")
-        return {"index": f"s3://{bucket}/{key}", "variants": len(entries)}
+            raise AirflowFailException(f"{missing} of {count} variant(s) have no image; see {index}")
+        return index
 
     generate >> write_index(photos)

@@ -86,6 +86,8 @@ with DAG(
 
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+        from airflow_provider_seedream.asset_events import stored_image_sets
+
         log = logging.getLogger(__name__)
         events = list((triggering_asset_events or {}).get(BANNERS, []))
         if not events:
@@ -93,31 +95,7 @@ with DAG(
             events = list(inlet_events[BANNERS].ascending(False).limit(1)) if inlet_events is not None else []
         if not events:
             raise ValueError(f"no event of {BANNERS.uri} yet: run seedream_daily_banner first")
-        banners = []
-        for event in events:
-            extra = dict(event.extra or {})
-            bucket = extra.get("bucket")
-            keys = list(extra.get("keys") or [])
-            log.info(
-                "New banners from %s (%s): %d image(s) under s3://%s/%s",
-                event.source_dag_id,
-                event.timestamp,
-                len(keys),
-                bucket,
-                extra.get("prefix"),
-            )
-            for key in keys:
-                log.info("  s3://%s/%s", bucket, key)
-            banners.append(
-                {
-                    "bucket": bucket,
-                    "prefix": extra.get("prefix"),
-                    "keys": keys,
-                    "prompts": list(extra.get("prompts") or []),
-                    "produced_by": f"{event.source_dag_id}/{event.source_run_id}",
-                    "produced_at": event.timestamp.isoformat(),
-                }
-            )
+        banners = stored_image_sets(events)
         index = {"asset": BANNERS.uri, "banners": banners}
         bucket = banners[-1]["bucket"]
         S3Hook(aws_conn_id=AWS_CONN_ID).load_string(
