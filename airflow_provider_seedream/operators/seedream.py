@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow_provider_seedream.exceptions import SeedreamValidationError
+from airflow_provider_seedream.links import SeedreamImagesLink
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -105,9 +106,7 @@ class SeedreamToS3Operator(BaseOperator):
     template_ext: Sequence[str] = (".txt", ".j2", ".jinja2")
     template_fields_renderers = {"extra_parameters": "json"}
     ui_color = "#f4d6c6"
-    from airflow_provider_seedream.links import SeedreamImagesLink as _ImagesLink  # the UI's link to the images
-
-    operator_extra_links = (_ImagesLink(),)
+    operator_extra_links = (SeedreamImagesLink(),)
 
     def __init__(
         self,
@@ -456,8 +455,6 @@ class SeedreamToS3Operator(BaseOperator):
 
     def _record_outputs(self, context: Context, report: BatchReport, prefix: str) -> None:
         """Keep what the task wrote: a link to its images for the UI (in XCom), and their keys for lineage."""
-        from airflow_provider_seedream.links import SeedreamImagesLink
-
         self._written = (prefix, [record["key"] for record in report.records])
         SeedreamImagesLink.persist(context, self, self.s3_hook, self.s3_bucket, prefix=prefix)
 
