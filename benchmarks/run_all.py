@@ -41,7 +41,7 @@ PARAMETERS: dict[str, dict[str, list[str]]] = {
     "tiny": {
         "throughput": [
             "--n", "4", "--latency", "0.05", "--concurrency", "2", "--baseline-n", "2", "--http-to-s3-n", "2", "--repeat", "1",
-            "--large-n", "6", "--large-concurrency", "3",
+            "--large-n", "6", "--large-concurrency", "3", "--large-latency", "0.05",
         ],
         "memory": ["--small", "2", "--large", "4", "--size", "1K", "--concurrency", "2"],
         "parse_cost": ["--repeat", "1"],
@@ -99,8 +99,8 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
         if "large" in t:
             large = t["large"]
             rows += [
-                ["throughput", f"one task N={large['n']} C={large['concurrency']}: wall s", large["wall_s"], f"bound {large['latency_bound_s']:.2f}", ""],
-                ["throughput", f"one task N={large['n']} C={large['concurrency']}: efficiency", large["efficiency"], ">= 0.9", verdict(large["efficiency"], 0.9, True)],
+                ["throughput", f"one task N={large['n']} L={large['latency_s']}s C={large['concurrency']}: wall s", large["wall_s"], f"bound {large['latency_bound_s']:.2f}", ""],
+                ["throughput", f"one task N={large['n']} L={large['latency_s']}s C={large['concurrency']}: efficiency", large["efficiency"], ">= 0.9", verdict(large["efficiency"], 0.9, True)],
             ]
     if "memory" in results:
         m = results["memory"]

@@ -22,7 +22,7 @@ BENCHMARKS = ROOT / "benchmarks"
 CASES: dict[str, tuple[list[str], set[str]]] = {
     "throughput": (
         ["--n", "4", "--latency", "0.05", "--concurrency", "2", "--baseline-n", "2", "--http-to-s3-n", "2", "--repeat", "1",
-         "--large-n", "6", "--large-concurrency", "3"],
+         "--large-n", "6", "--large-concurrency", "3", "--large-latency", "0.05"],
         {"benchmark", "n", "latency_s", "concurrency", "wall_s", "images_per_s", "efficiency", "naive_wall_s",
          "speedup_vs_naive", "speedup_vs_http_to_s3", "emulator_renders", "emulator_captions", "cases", "large",
          "large_efficiency"},
