@@ -292,9 +292,9 @@ def progress_of(rest: Any, run_id: str, ti: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_catalog(
-    airflow: AirflowDeployment, emulator: ServerProcess, s3: Any, count: int, args: argparse.Namespace
+    airflow: AirflowDeployment, emulator: ServerProcess, s3: Any, count: int, slots: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Upload a catalog of ``count`` products, run the DAG on it and return what was measured."""
+    """Upload a catalog of ``count`` products, run the DAG on it (``slots`` in the pool) and return what was measured."""
     from airflow_provider_seedream.emulator.client import EmulatorClient
 
     control = EmulatorClient(emulator.url)
@@ -343,6 +343,9 @@ def run_catalog(
     starts = [_epoch(ti["start_date"]) for ti in chunks if ti["start_date"]]
     ends = [_epoch(ti["end_date"]) for ti in chunks if ti["end_date"]]
     wall = _seconds(run["start_date"], run["end_date"])
+    phase = (max(ends) - min(starts)) if starts and ends else None
+    busy = sum(_seconds(ti["start_date"], ti["end_date"]) or 0.0 for ti in chunks)
+    achieved = 60.0 * (len(made) - 1) / window if window else None
     bound = 60.0 * count / args.images_per_minute
     burst = round(max(args.images_per_minute / 60.0 * BURST_SECONDS, MAX_GROUP_IMAGES))
     per_task = {
@@ -364,11 +367,15 @@ def run_catalog(
         "wall_s": wall,
         "bound_s": bound,
         "wall_ratio": wall / bound if wall else None,
-        "generate_phase_s": (max(ends) - min(starts)) if starts and ends else None,
+        "generate_phase_s": phase,
+        # How much of the pool's time the mapped tasks held a slot (the rest: scheduling and start-up gaps).
+        "slot_busy_share": busy / (slots * phase) if phase else None,
         "images_made": len(made),
         "images_generated": stats["images_generated"],
         "made_window_s": window,
-        "achieved_images_per_minute": 60.0 * (len(made) - 1) / window if window else None,
+        "achieved_images_per_minute": achieved,
+        # Little's law backwards: the requests in flight on average that the rate achieved implies.
+        "mean_in_flight": achieved / 60.0 * (args.latency + args.latency_jitter / 2) if achieved else None,
         # Without the images a full bucket lets through at once at the start: the refill alone.
         "steady_images_per_minute": 60.0 * max(0, len(made) - 1 - burst) / window if window else None,
         "burst_images": burst,
@@ -464,7 +471,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         runs = {}
         for label, count in (("small", args.small), ("large", args.prompts)):
             if count:
-                runs[label] = run_catalog(airflow, emulator, s3, count, args)
+                runs[label] = run_catalog(airflow, emulator, s3, count, slots, args)
     finally:
         if airflow is not None:
             airflow.stop()
@@ -528,7 +535,16 @@ def explanations(figures: dict[str, Any]) -> list[str]:
     ratio = figures["achieved_ratio"]
     if ratio is not None and ratio < TARGET_RATE_RATIO:
         peak = large["generation_in_flight_peak"]
-        if peak < figures["needed_in_flight"]:
+        if figures["capacity_in_flight"] < figures["needed_in_flight"]:
+            most = 60.0 * figures["capacity_in_flight"] / figures["mean_latency_s"]
+            out.append(
+                f"rate: the pool allows {figures['capacity_in_flight']} requests in flight ({figures['pool_slots']} slots x "
+                f"max_concurrency {figures['max_concurrency']}), fewer than the {figures['needed_in_flight']:.1f} the limit "
+                f"needs: at most {most:,.0f} images/min by Little's law. The tasks held their slots "
+                f"{format_value(large['slot_busy_share'])} of the time (start-up and scheduling between chunks), and kept "
+                f"{format_value(large['mean_in_flight'])} requests in flight on average."
+            )
+        elif peak < figures["needed_in_flight"]:
             out.append(
                 f"rate: at most {peak} requests were in flight at once, fewer than the {figures['needed_in_flight']:.1f} "
                 f"the limit needs at a mean latency of {figures['mean_latency_s']:.2f} s (Little's law); "
@@ -571,8 +587,8 @@ def report(figures: dict[str, Any]) -> str:
                 f"{run['prompts']:,} products ({run['state']})", run["chunks"], run["wall_s"], run["bound_s"],
                 run["generate_phase_s"], run["achieved_images_per_minute"], run["images_made"],
                 run["generation_requests"], run["answered_429"], run["rate_limited_share"],
-                run["generation_in_flight_peak"], run["parallel_generate_tasks_peak"], run["lowest_task_limit"],
-                run["emulator_cpu_s"],
+                run["generation_in_flight_peak"], run["mean_in_flight"], run["parallel_generate_tasks_peak"],
+                run["slot_busy_share"], run["lowest_task_limit"], run["emulator_cpu_s"],
             ]
         )
     memory_rows = []
@@ -606,11 +622,13 @@ def report(figures: dict[str, Any]) -> str:
         "",
         table(
             ["catalog", "chunks", "wall s", "bound s", "generate phase s", "images/min", "images", "requests", "429s",
-             "429 share", "peak in flight", "tasks at once", "lowest task limit", "emulator CPU s"],
+             "429 share", "peak in flight", "mean in flight", "tasks at once", "slots busy", "lowest task limit",
+             "emulator CPU s"],
             rows,
         ),
         "wall s: the DAG run's start to end (REST API); bound s: products / limit; images/min: images made at the "
-        "emulator between its first and its last image.",
+        "emulator between its first and its last image; mean in flight: images/min / 60 x mean latency (Little's law); "
+        "slots busy: the share of the pool's slot-seconds during the generate phase that mapped tasks held.",
         f"Without the {large['burst_images']} images the full bucket let through at the start, the large run made "
         f"{format_value(figures['steady_images_per_minute'])} images/min ({format_value(figures['steady_ratio'])} of the limit).",
         f"Rate-limited answers counted by the tasks' own progress lines: {large['rate_limited_seen_by_tasks']} "
