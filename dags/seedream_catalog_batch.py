@@ -61,7 +61,10 @@ with DAG(
         "images_prefix": Param("catalog/images", type="string", description="Where the images go."),
         "report_prefix": Param("catalog/review", type="string", description="Where manifest.jsonl, gallery.html go."),
         "size": Param("2K", type="string", description="1K, 2K, 3K, 4K or WxH (at least 3,686,400 pixels for 5.0)."),
-        "chunk_size": Param(50, type="integer", minimum=1, maximum=1000, description="Products per mapped task; each adds ~0.74 KB of XCom (keep <= 80 with the default backend)."),
+        "chunk_size": Param(
+            50, type="integer", minimum=1, maximum=1000,
+            description="Products per mapped task; each adds ~0.74 KB of XCom (keep <= 80 with the default backend).",
+        ),
         "max_products": Param(0, type="integer", minimum=0, description="Only the first N products (0: all)."),
         "gallery_max_images": Param(500, type="integer", minimum=0, description="Thumbnails in the gallery."),
     },
@@ -73,17 +76,10 @@ with DAG(
         from airflow_provider_seedream.catalog import prepare_catalog, run_folder
 
         assert params is not None and run_id is not None
-        return prepare_catalog(
-            bucket=params["bucket"],
-            catalog_key=params["catalog_key"],
-            catalog_format=params["catalog_format"],
-            id_field=params["id_field"],
-            prompt_template=params["prompt_template"],
-            chunk_size=params["chunk_size"],
-            max_products=params["max_products"],
-            work_prefix=run_folder(params["report_prefix"], run_id),
-            aws_conn_id=AWS_CONN_ID,
-        )
+        names = ("bucket", "catalog_key", "catalog_format", "id_field", "prompt_template", "chunk_size", "max_products")
+        work_prefix = run_folder(params["report_prefix"], run_id)
+        arguments = {name: params[name] for name in names}
+        return prepare_catalog(**arguments, work_prefix=work_prefix, aws_conn_id=AWS_CONN_ID)
 
     @task
     def plan_chunks(plan: dict[str, Any]) -> list[int]:

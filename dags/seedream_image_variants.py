@@ -99,7 +99,8 @@ with DAG(
         from airflow_provider_seedream.variants import write_variants_index
 
         assert params is not None
-        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["generate_variants"], run_ids=[ti.run_id]).get(ti.run_id, {})
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["generate_variants"], run_ids=[ti.run_id])
+        states = states.get(ti.run_id, {})
 
         def records_of(map_index: int) -> Any:  # a photo whose task failed pushed nothing
             if states.get(f"generate_variants_{map_index}") != "success":
