@@ -60,6 +60,7 @@ from airflow_provider_seedream.emulator.responses import (
     ImageStreamResponse,
     gateway_error,
     install_break_filter,
+    internal_service_error,
     service_error,
 )
 from airflow_provider_seedream.emulator.signing import ACCESS_DENIED_BODY, UrlSigner, matches
@@ -329,14 +330,7 @@ async def _answer(
     delay += config.slow_seconds if fault == "slow" else 0.0
     connected = await wait_while_connected(request, delay)
     if connected and fault == "500":
-        return service_error(
-            500,
-            "InternalServiceError",
-            "The service encountered an unexpected internal error.",
-            plan.request_id,
-            error_type="InternalServerError",
-            param="",
-        )
+        return internal_service_error(plan.request_id)
     delivered = connected and fault not in UNANSWERED_FAULTS
     outcome: GenerationOutcome | None = None
     # The model finishes its images whether or not anyone still waits for them; whether the

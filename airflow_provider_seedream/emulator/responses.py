@@ -24,6 +24,18 @@ from airflow_provider_seedream.emulator.images import ImageRecord
 _UNFINISHED_MESSAGE = "ASGI callable returned without completing response."
 
 
+def internal_service_error(request_id: str) -> Response:
+    """The service's own 500: the model failed before it made anything (nothing is billed)."""
+    return service_error(
+        500,
+        "InternalServiceError",
+        "The service encountered an unexpected internal error.",
+        request_id,
+        error_type="InternalServerError",
+        param="",
+    )
+
+
 def service_error(
     status: int,
     code: str,

@@ -52,7 +52,7 @@ from starlette.types import Receive, Scope, Send
 from airflow_provider_seedream.emulator.config import EmulatorConfig
 from airflow_provider_seedream.emulator.generation import GenerationPlan, Item, make_item
 from airflow_provider_seedream.emulator.images import ImageCache
-from airflow_provider_seedream.emulator.responses import gateway_error, service_error
+from airflow_provider_seedream.emulator.responses import gateway_error, internal_service_error
 from airflow_provider_seedream.emulator.signing import UrlSigner
 from airflow_provider_seedream.emulator.state import EmulatorState
 
@@ -152,14 +152,7 @@ class GenerationStream(Response):
             if not connected:
                 state.count("abandoned")
                 return False
-            answer = service_error(
-                500,
-                "InternalServiceError",
-                "The service encountered an unexpected internal error.",
-                plan.request_id,
-                error_type="InternalServerError",
-                param="",
-            )
+            answer = internal_service_error(plan.request_id)
             state.count_status("generation_status", 500)
             await answer(scope, receive, send)
             return False

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import FIGURES, ROOT
 from tests.deployment.conftest import Tier
-from tests.deployment.runs import RUN_TIMEOUT, ExampleRuns, start_example_runs
+from tests.deployment.runs import ExampleRuns, start_example_runs
 from tests.e2e.conftest import WORKER_CONCURRENCY
 
 DATA = ROOT / "data"

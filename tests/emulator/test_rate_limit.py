@@ -15,7 +15,7 @@ import requests
 
 from airflow_provider_seedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_seedream.emulator.state import TokenBuckets
-from tests.emulator.support import AUTH, SMALL_MODEL, V1, V3, events, generate, settled_stats, stream
+from tests.emulator.support import V1, V3, events, generate, settled_stats, stream
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OTHER_MODEL = "emulator-test-model-b"
