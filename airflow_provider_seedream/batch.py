@@ -8,10 +8,12 @@ Every prompt moves through the states of :class:`State`::
                   '---------------> UNKNOWN  (the answer was lost: it may have been billed)
     QUEUED -> NOT_SENT  (the batch stopped: interrupted, budget spent, key refused...)
 
-``max_concurrency`` generation threads take prompts from one queue; as many transfer
-threads download and upload the answered images. Before a generation thread frees its slot,
-the answer's signed links are recorded in S3 (``_pending/<stem>.json``), so an image that
-was paid for is always either stored or recoverable by a retry.
+``max_concurrency`` generation threads take prompts from one queue, under an adaptive
+in-flight limit that backs off on rate limits (:mod:`concurrency`); as many transfer threads
+download and upload the answered images. Before a generation thread frees its slot, the
+answer's signed links are recorded in S3 (``_pending/<stem>.json``), so an image that was paid
+for is always either stored or recoverable by a retry. A streamed group hands each image to
+the transfer threads as it arrives, its link recorded first.
 
 When the task is interrupted (execution timeout, SIGTERM through ``on_kill``, any exception
 in the main thread) nothing more is sent: queued prompts become NOT_SENT at once, requests
@@ -145,7 +147,6 @@ class BatchReport:
     output_tokens: int = 0
     stop_reason: str | None = None
     stop_retryable: bool = True
-    states: Counter[str] = field(default_factory=Counter)
 
     @property
     def unknown_outcomes(self) -> int:
@@ -448,7 +449,6 @@ class BatchRunner:
     def _log_progress(self, report: BatchReport) -> None:
         with self._changed:
             states = Counter(state.value for state in self._states.values())
-        report.states = states
         self.log.info(
             "Progress: %d/%d prompts done; %d images generated, %d reused, %d failures, %d outcome unknown; "
             "%d sending (limit %.1f of %d, %d rate-limited answers), %d answered and storing; "
