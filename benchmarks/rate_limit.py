@@ -13,7 +13,7 @@ beyond it, 429 ``ModelAccountIpmRateLimitExceeded``). This benchmark runs the ex
   ``seedream_api`` pool made through the REST API, as a user makes them in the UI.
 
 The run is triggered through the REST API with no logical date. The DAG maps one task per
-``--chunk-size`` products; each runs up to the DAG's ``MAX_CONCURRENCY`` requests at once and
+``--chunk-size`` products; each runs up to ``--concurrency`` requests at once and
 adapts that to the 429s it meets (halving on a rate limit, growing back as answers arrive), and
 the pool lets ``--pool-slots`` of them run at once. By Little's law the requests in flight
 needed to reach the limit are limit x latency; the default pool gives 1.25 times that, so the
@@ -40,7 +40,6 @@ Usage: ``python benchmarks/rate_limit.py [--prompts 2000] [--small 500] [--image
 from __future__ import annotations
 
 import argparse
-import ast
 import collections
 import datetime
 import gzip
@@ -113,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"slots of the {POOL} pool, mapped tasks at once (default: {POOL_HEADROOM} x limit x mean latency "
-        "/ the DAG's MAX_CONCURRENCY, at least 4)",
+        "/ --concurrency, at least 4)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="max_concurrency of each mapped task (default: %(default)s)"
     )
     parser.add_argument("--size", default="1K", help="image size (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="40 and 20 prompts, for the smoke test (figures mean little)")
@@ -126,17 +128,6 @@ def apply_tiny(args: argparse.Namespace) -> None:
     args.prompts, args.small, args.chunk_size = 40, 20, 10
     args.images_per_minute, args.latency, args.latency_jitter = 240, 0.2, 0.2
     args.pool_slots = args.pool_slots or 4
-
-
-def dag_max_concurrency() -> int:
-    """``MAX_CONCURRENCY`` as the DAG file sets it (requests in flight per mapped task)."""
-    for node in ast.parse(DAG_FILE.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MAX_CONCURRENCY" for t in node.targets):
-            try:
-                return int(ast.literal_eval(node.value))
-            except ValueError:
-                break
-    raise RuntimeError(f"{DAG_FILE.name} sets no constant MAX_CONCURRENCY")
 
 
 def catalog_lines(count: int) -> bytes:
@@ -408,7 +399,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.small < 0 or args.small >= args.prompts:
         raise SystemExit(f"--small must be from 0 to fewer than --prompts ({args.prompts}), got {args.small}")
-    max_concurrency = dag_max_concurrency()
+    max_concurrency = args.concurrency
+    if max_concurrency <= 0:
+        raise SystemExit(f"--concurrency must be positive, got {max_concurrency}")
     mean_latency = args.latency + args.latency_jitter / 2
     needed_in_flight = args.images_per_minute / 60.0 * mean_latency
     slots = args.pool_slots or max(4, math.ceil(POOL_HEADROOM * needed_in_flight / max_concurrency))
@@ -443,6 +436,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "SEEDREAM_BUCKET": BUCKET,
                 # A failed chunk shows at once instead of after a retry delay.
                 "SEEDREAM_TASK_RETRIES": "0",
+                "SEEDREAM_MAX_CONCURRENCY": str(max_concurrency),
                 "AIRFLOW__CORE__PARALLELISM": str(slots + 1),
                 "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(slots + 1),
             },
