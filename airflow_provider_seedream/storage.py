@@ -81,17 +81,13 @@ class PendingRecord:
     :param status: ``answered`` (``result`` holds the links) or ``unknown`` (may have been billed).
     :param fingerprint: the request's fingerprint.
     :param run_id: the DAG run that wrote it.
-    :param result: the answered images, for ``answered``.
-    :param requested_images: the images asked for, for ``unknown``.
-    :param where: ``s3`` or ``local`` (S3 refused the record, it was kept on this machine).
+    :param result: the images whose links are still valid (for ``unknown``, those that arrived).
     """
 
     status: str
     fingerprint: str
     run_id: str | None
     result: GenerationResult | None = None
-    requested_images: int = 0
-    where: str = "s3"
 
 
 @dataclass(frozen=True)
@@ -259,7 +255,6 @@ class ImageStore:
 
     def load_pending(self, stem: str) -> PendingRecord | None:
         """What an earlier try left for ``stem``; ``None`` when nothing, or links that expired."""
-        where = "s3"
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.pending_key(stem))["Body"].read()
         except Exception as error:
@@ -268,7 +263,7 @@ class ImageStore:
             local = self.local_folder / f"{stem}.json"
             if not local.is_file():
                 return None
-            body, where = local.read_bytes(), "local"
+            body = local.read_bytes()
         try:
             record = json.loads(body)
         except ValueError:
@@ -282,15 +277,10 @@ class ImageStore:
         result = None
         if images and fresh:
             result = GenerationResult(images=images, usage={}, model=record.get("model"), request_id=record.get("request_id"))
-        if status == "unknown":
-            # An unknown outcome stays one when its links expire: it may still have been billed.
-            return PendingRecord(
-                "unknown", record.get("fingerprint", ""), record.get("run_id"), result=result,
-                requested_images=int(record.get("requested_images", 1)), where=where,
-            )
-        if result is None:
+        # An unknown outcome stays one when its links expire: it may still have been billed.
+        if status != "unknown" and result is None:
             return None
-        return PendingRecord("answered", record.get("fingerprint", ""), record.get("run_id"), result=result, where=where)
+        return PendingRecord(status, record.get("fingerprint", ""), record.get("run_id"), result=result)
 
     def drop_pending(self, stem: str) -> None:
         """Forget a prompt's record once its images are stored (or beyond reach)."""
