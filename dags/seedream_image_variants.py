@@ -96,17 +96,11 @@ with DAG(
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         from airflow.sdk.exceptions import AirflowFailException
 
+        from airflow_provider_seedream.mapped_results import mapped_results
         from airflow_provider_seedream.variants import write_variants_index
 
         assert params is not None
-        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["generate_variants"], run_ids=[ti.run_id])
-        states = states.get(ti.run_id, {})
-
-        def records_of(map_index: int) -> Any:  # a photo whose task failed pushed nothing
-            if states.get(f"generate_variants_{map_index}") != "success":
-                return None
-            return ti.xcom_pull(task_ids="generate_variants", map_indexes=map_index)
-
+        _, records_of = mapped_results(ti, "generate_variants")  # a photo whose task failed pushed nothing
         hook = S3Hook(aws_conn_id=AWS_CONN_ID)
         key, count, missing = write_variants_index(
             hook, params["bucket"], params["variants_prefix"], params["variants"], planned, records_of

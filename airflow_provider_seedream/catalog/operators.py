@@ -118,17 +118,14 @@ class CatalogReportOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowFailException
         from airflow_provider_seedream.catalog.plan import CatalogPlan
         from airflow_provider_seedream.catalog.report import write_report
+        from airflow_provider_seedream.mapped_results import mapped_results
 
         ti = context["ti"]
         plan = CatalogPlan.from_xcom(self.catalog_plan)
         hook = S3Hook(aws_conn_id=self.aws_conn_id)
         # What each chunk's task returned; a chunk that did not succeed pushed nothing.
-        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[self.generate_task_id], run_ids=[ti.run_id])
-        states = states.get(ti.run_id, {})
-        failed = [chunk for chunk in range(plan.chunks) if states.get(f"{self.generate_task_id}_{chunk}") != "success"]
-
-        def records_of(chunk: int) -> list[dict[str, Any]] | None:
-            return ti.xcom_pull(task_ids=self.generate_task_id, map_indexes=chunk)
+        succeeded, records_of = mapped_results(ti, self.generate_task_id)
+        failed = [chunk for chunk in range(plan.chunks) if chunk not in succeeded]
 
         dag_run = context.get("dag_run")
         report = write_report(
