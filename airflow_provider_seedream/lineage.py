@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from airflow_provider_seedream.references import split_s3_uri
+
 # A task that stored more images than this is one output dataset: their prefix.
 LINEAGE_OBJECT_LIMIT = 100
 
@@ -36,12 +38,6 @@ def s3_references(image: Any, prompts: Any) -> list[str]:
         if isinstance(item, Mapping):
             found.extend(_s3_strings(item.get("image")))
     return list(dict.fromkeys(found))
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` as ``(bucket, key)``."""
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    return bucket, key
 
 
 def operator_lineage(

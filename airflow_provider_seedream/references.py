@@ -39,7 +39,8 @@ class Reference:
     identity: str
 
 
-def _split_s3_uri(uri: str) -> tuple[str, str]:
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` as ``(bucket, key)``."""
     bucket, _, key = uri[len("s3://") :].partition("/")
     return bucket, key
 
@@ -102,7 +103,7 @@ def _check_file(source: str, path: str, field: str) -> Reference:
 
 
 def _check_s3(source: str, client: S3Client | None, field: str) -> Reference:
-    bucket, key = _split_s3_uri(source)
+    bucket, key = split_s3_uri(source)
     if not bucket or not key:
         raise SeedreamValidationError(field, f"{source!r} must look like s3://bucket/key")
     if client is None:
@@ -120,7 +121,7 @@ def resolve(reference: Reference, client: S3Client | None, transport: Transport)
     if reference.kind in ("url", "data_uri"):
         return reference.source
     if reference.kind == "s3":
-        bucket, key = _split_s3_uri(reference.source)
+        bucket, key = split_s3_uri(reference.source)
         assert client is not None
         if transport == "presigned_url":
             return client.generate_presigned_url(
