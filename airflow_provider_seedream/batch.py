@@ -1,6 +1,6 @@
 """A batch of prompts: one work queue, explicit states, every paid image stored or recorded.
 
-Every prompt moves through the states of :class:`State`::
+Every prompt moves through the states of :class:`State` in this process::
 
     QUEUED -> SENDING -> ANSWERED -> STORED
                   |          '-----> FAILED   (paid for; its links are kept for a retry)
@@ -8,12 +8,17 @@ Every prompt moves through the states of :class:`State`::
                   '---------------> UNKNOWN  (the answer was lost: it may have been billed)
     QUEUED -> NOT_SENT  (the batch stopped: interrupted, budget spent, key refused...)
 
+and, durably, through the spend ledger's records (:mod:`ledger`), which are the truth every
+try, map index and overlapping run reads: a prompt is claimed in the ledger (a conditional
+write) before its request is sent, its answer's links are recorded before the request's slot
+is freed, and it is sealed as stored only when every image its answer holds is stored.
+A prompt another live process has claimed is not sent: the batch waits for it and reuses
+what it stored.
+
 ``max_concurrency`` generation threads take prompts from one queue, under an adaptive
 in-flight limit that backs off on rate limits (:mod:`concurrency`); as many transfer threads
-download and upload the answered images. Before a generation thread frees its slot, the
-answer's signed links are recorded in S3 (``_pending/<stem>.json``), so an image that was paid
-for is always either stored or recoverable by a retry. A streamed group hands each image to
-the transfer threads as it arrives, its link recorded first.
+download and upload the answered images. A streamed group hands each image to the transfer
+threads as it arrives, its link recorded first.
 
 When the task is interrupted (execution timeout, SIGTERM through ``on_kill``, any exception
 in the main thread) nothing more is sent: queued prompts become NOT_SENT at once, requests
@@ -37,21 +42,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_seedream import ledger as states
 from airflow_provider_seedream.concurrency import AdaptiveLimit
 from airflow_provider_seedream.exceptions import (
     NON_RETRYABLE_429_CODES,
     SeedreamAPIError,
     SeedreamError,
     SeedreamUnknownOutcomeError,
+    StorageError,
 )
+from airflow_provider_seedream.ledger import BudgetExhausted, LedgerConflict, Record, link_expiry
 from airflow_provider_seedream.references import Reference, Transport, resolve
-from airflow_provider_seedream.results import GenerationResult
-from airflow_provider_seedream.storage import StorageError, StoredObject
+from airflow_provider_seedream.results import GeneratedImage, GenerationResult
+from airflow_provider_seedream.storage import StoredObject
 
 if TYPE_CHECKING:
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
-    from airflow_provider_seedream.results import GeneratedImage
-    from airflow_provider_seedream.storage import ImageStore, PendingRecord
+    from airflow_provider_seedream.ledger import Budget, Ledger
+    from airflow_provider_seedream.storage import ImageStore
 
 # Fields that change how an image is delivered, not which image is made.
 DELIVERY_FIELDS = frozenset({"response_format", "stream"})
@@ -63,6 +71,10 @@ GRACE_SECONDS = 3.0
 _WAIT_SLICE = 0.5  # the main thread wakes this often, so signals and timeouts get through
 # A presigned reference link is made again when half of its life is gone.
 _REFERENCE_REUSE_SECONDS = 1800.0
+# How long a prompt another live process has claimed is waited for, by default.
+CLAIM_WAIT_SECONDS = 600.0
+# What an unknown outcome left by an earlier try becomes: reported (default), sent again, or accepted as lost.
+RESOLUTIONS = ("fail", "retry", "accept")
 
 
 class State(str, enum.Enum):
@@ -125,6 +137,26 @@ class Failure:
     retryable: bool = True
     unknown: bool = False
 
+    @classmethod
+    def refused(cls, index: int, code: str, message: str, *, retryable: bool = True, image: int | None = None) -> Failure:
+        """The service (or a check) refused it: nothing was paid."""
+        return cls(index, image, "generation", code, message, paid=False, retryable=retryable)
+
+    @classmethod
+    def unknown_outcome(cls, index: int, message: str) -> Failure:
+        """Sent, and its answer lost: it may have been billed; not sent again unasked."""
+        return cls(index, None, "generation", "OutcomeUnknown", message, paid=False, retryable=False, unknown=True)
+
+    @classmethod
+    def not_sent(cls, index: int, reason: str) -> Failure:
+        """The batch stopped before sending it."""
+        return cls(index, None, "generation", "NotSent", reason, paid=False, retryable=False)
+
+    @classmethod
+    def lost_image(cls, index: int, image: int, stage: str, code: str, message: str, *, retryable: bool) -> Failure:
+        """An image paid for that did not reach S3 (a retry stores it from its link when ``retryable``)."""
+        return cls(index, image, stage, code, message, paid=True, retryable=retryable)
+
     def describe(self) -> str:
         where = f"prompt {self.prompt_index}" + (f" image {self.image_index}" if self.image_index is not None else "")
         if self.unknown:
@@ -147,6 +179,8 @@ class BatchReport:
     output_tokens: int = 0
     stop_reason: str | None = None
     stop_retryable: bool = True
+    accepted_lost: list[int] = field(default_factory=list)
+    budget: str | None = None
 
     @property
     def unknown_outcomes(self) -> int:
@@ -174,6 +208,8 @@ class BatchReport:
         ]
         if self.stop_reason:
             lines.append(f"The batch stopped: {self.stop_reason}.")
+        if self.accepted_lost:
+            lines.append(f"Unknown outcomes accepted as lost (resolve_unknown='accept'): prompts {self.accepted_lost[:50]}")
         if self.not_sent:
             shown = ", ".join(str(index) for index in self.not_sent[:50])
             lines.append(f"Prompts not sent: {shown}" + (" ..." if len(self.not_sent) > 50 else ""))
@@ -202,20 +238,46 @@ class BatchInterrupted(SeedreamError):
 
 @dataclass
 class _Progress:
-    """What is left of one prompt's work: its request, then one transfer per answer or streamed image."""
+    """What is left of one prompt's work: its request, then one transfer per answer or streamed image.
+
+    ``entries`` are the ledger's image entries of the prompt (by image index), kept here as
+    they change and written with the prompt's record.
+    """
 
     outstanding: int = 0
     complete: bool = True
     keep_record: bool = False
-    recorded: bool = False
     streamed: bool = False
+    whole: bool = False  # the answer is all there is: a plain answer, or a stream that completed
     settled: bool = False
+    lost: str = ""  # why paid images can no longer be stored (an expired link...)
     received: list[GeneratedImage] = field(default_factory=list)
     stored: list[StoredObject] = field(default_factory=list)
+    entries: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 # What the transfer threads take: an answer (or one streamed image) to store.
 _Transfer = tuple[PromptJob, GenerationResult]
+
+
+class _Action(str, enum.Enum):
+    """What the ledger says to do with a prompt."""
+
+    GENERATE = "generate"
+    REUSE = "reuse"
+    RESUME = "resume"  # links of images paid for earlier: store them
+    WAIT = "wait"  # another live process holds it
+    UNKNOWN = "unknown"
+    ACCEPT = "accept"
+    CONFLICT = "conflict"
+    NOT_SENT = "not_sent"  # the ledger could not be written
+
+
+@dataclass(frozen=True)
+class _Decision:
+    action: _Action
+    record: Record | None = None
+    message: str = ""
 
 
 class BatchRunner:
@@ -224,12 +286,15 @@ class BatchRunner:
 
     :param hook: the Seedream hook.
     :param store: where images land.
+    :param ledger: the spend ledger of the store's prefix.
     :param s3_client: the client used to read ``s3://`` references.
     :param transport: how local and ``s3://`` references are sent.
     :param replace: generate again even when the same images are stored (once per DAG run).
     :param max_concurrency: generation requests in flight at once.
     :param log: where progress goes.
-    :param max_billed_images: the most images this run may pay for, requests in flight included.
+    :param budget: ``max_billed_images`` of the task in this DAG run, shared through S3.
+    :param resolve_unknown: what an unknown outcome of an earlier try becomes (:data:`RESOLUTIONS`).
+    :param claim_wait_seconds: how long a prompt claimed by another live process is waited for.
     :param grace_seconds: how long an interrupted batch waits for requests in flight.
     """
 
@@ -237,33 +302,36 @@ class BatchRunner:
         self,
         hook: SeedreamHook,
         store: ImageStore,
+        ledger: Ledger,
         *,
         s3_client: Any,
         transport: Transport,
         replace: bool,
         max_concurrency: int,
         log: logging.Logger,
-        max_billed_images: int | None = None,
+        budget: Budget | None = None,
+        resolve_unknown: str = "fail",
+        claim_wait_seconds: float = CLAIM_WAIT_SECONDS,
         grace_seconds: float = GRACE_SECONDS,
     ) -> None:
         self.hook = hook
         self.store = store
+        self.ledger = ledger
         self.s3_client = s3_client
         self.transport = transport
         self.replace = replace
         self.max_concurrency = max_concurrency
         self.log = log
-        self.max_billed_images = max_billed_images
+        self.budget = budget
+        self.resolve_unknown = resolve_unknown
+        self.claim_wait_seconds = claim_wait_seconds
         self.grace_seconds = grace_seconds
         # Re-entrant: on_kill runs in a signal handler on the main thread, which may hold it.
         self._changed = threading.Condition(threading.RLock())
         self._states: dict[int, State] = {}
-        self._job_locks: dict[int, threading.Lock] = {}
         self._stop_reason: str | None = None
         self._stop_retryable = True
         self._interrupted = False
-        self._reserved = 0
-        self._billed = 0
         self._dead_models: dict[str, str] = {}
         self._open = 0
         self._jobs: dict[int, PromptJob] = {}
@@ -283,26 +351,30 @@ class BatchRunner:
             self._interrupted |= interrupt
             self._changed.notify_all()
 
+    @property
+    def budget_spent(self) -> bool:
+        """Whether the batch stopped because ``max_billed_images`` was reached."""
+        return bool(self._stop_reason and self._stop_reason.startswith("max_billed_images"))
+
     def run(self, jobs: list[PromptJob]) -> BatchReport:
         """Run every job and return what was stored, reused and lost."""
         report = BatchReport(total_prompts=len(jobs))
         self._jobs = {job.index: job for job in jobs}
         self._states = {job.index: State.QUEUED for job in jobs}
-        self._job_locks = {job.index: threading.Lock() for job in jobs}
         self._progress = {job.index: _Progress() for job in jobs}
         self.hook.on_rate_limited = lambda error: self.limit.throttled()
-        to_generate, to_resume = self._plan(jobs, report)
-        with self._changed:
-            self._open = len(to_generate) + len(to_resume)
+        self.ledger.start_heartbeat()
+        try:
+            return self._run(jobs, report)
+        finally:
+            self.ledger.stop_heartbeat()
+
+    def _run(self, jobs: list[PromptJob], report: BatchReport) -> BatchReport:
         work: queue.SimpleQueue[PromptJob] = queue.SimpleQueue()
+        transfers: queue.SimpleQueue[_Transfer | None] = queue.SimpleQueue()
+        to_generate = self._plan(jobs, report, transfers)
         for job in to_generate:
             work.put(job)
-        transfers: queue.SimpleQueue[_Transfer | None] = queue.SimpleQueue()
-        for job, result in to_resume:
-            if self._states[job.index] is State.QUEUED:
-                self._set_state(job, State.ANSWERED)
-            self._progress[job.index].recorded = True
-            self._enqueue(transfers, job, result)
         threads = [
             threading.Thread(target=self._generation_worker, args=(work, transfers, report), daemon=True, name=f"seedream-{n}")
             for n in range(min(self.max_concurrency, len(to_generate)))
@@ -328,66 +400,199 @@ class BatchRunner:
                 transfers.put(None)
         return self._finished(report)
 
-    # -- before anything is sent -----------------------------------------------------------------
+    # -- what the ledger says ---------------------------------------------------------------------
 
-    def _plan(self, jobs: list[PromptJob], report: BatchReport) -> tuple[list[PromptJob], list[tuple[PromptJob, GenerationResult]]]:
-        """Find what is stored or recorded already; log the plan before any money is spent."""
-        pending = self.store.pending_stems()
-        to_generate: list[PromptJob] = []
-        to_resume: list[tuple[PromptJob, GenerationResult]] = []
-        unknown = 0
+    def _plan(self, jobs: list[PromptJob], report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]) -> list[PromptJob]:
+        """Read the ledger with one listing (and a read per record); log the plan before any money is spent."""
+        stems, present = self.ledger.scan()
         with ThreadPoolExecutor(max_workers=min(32, 2 * self.max_concurrency), thread_name_prefix="seedream-plan") as pool:
-            for job, stored, record in pool.map(lambda job: self._earlier_work(job, pending), jobs):
-                if stored is not None:
-                    report.reused += len(stored)
-                    report.records.extend(self._record(job, item, reused=True) for item in stored)
-                    self._set_state(job, State.STORED)
-                    report.prompts_done += 1
-                elif record is not None and record.status == "unknown" and not self.hook.retry_unknown_outcome:
-                    unknown += 1
-                    message = "an earlier try sent it and its answer was lost; set retry_unknown_outcome to send it again"
-                    self._fail(report, Failure(job.index, None, "generation", "OutcomeUnknown", message, False, False, True))
-                    self._set_state(job, State.UNKNOWN)
-                    if record.result is not None and record.result.succeeded:
-                        to_resume.append((job, record.result))  # the images that did arrive are known
-                    else:
-                        report.prompts_done += 1
-                elif record is not None and record.status == "answered" and record.result is not None:
-                    to_resume.append((job, record.result))
-                else:
-                    to_generate.append(job)
+            records = dict(pool.map(lambda job: (job.index, self.ledger.load(job.stem) if job.stem in stems else None), jobs))
+        with self._changed:
+            self._open = len(jobs)
+        to_generate: list[PromptJob] = []
+        counts: Counter[str] = Counter()
+        for job in jobs:
+            decision = self._decide(job, records[job.index], present)
+            counts[decision.action.value] += 1
+            if decision.action in (_Action.GENERATE, _Action.WAIT):
+                to_generate.append(job)
+            else:
+                self._apply(job, decision, report, transfers)
         most = sum(job.requested_images for job in to_generate)
-        if self.max_billed_images is not None:
-            most = min(most, self.max_billed_images)
+        report.budget = self.budget.describe() if self.budget is not None else None
         self.log.info(
-            "Plan: %d prompt(s): %d already stored, %d to store from images paid for earlier, %d not sent again "
-            "(outcome unknown), %d to generate; at most %d image(s) may be paid for (max_billed_images %s)",
+            "Plan: %d prompt(s): %d already stored, %d to store from images paid for earlier, %d outcome unknown "
+            "(not sent again), %d accepted as lost, %d refused (key of another task), %d held by another process, "
+            "%d to generate; at most %d image(s) may be paid for; %s",
             len(jobs),
-            sum(1 for job in jobs if self._states[job.index] is State.STORED),
-            len(to_resume),
-            unknown,
-            len(to_generate),
+            counts[_Action.REUSE.value],
+            counts[_Action.RESUME.value],
+            counts[_Action.UNKNOWN.value],
+            counts[_Action.ACCEPT.value],
+            counts[_Action.CONFLICT.value],
+            counts[_Action.WAIT.value],
+            counts[_Action.GENERATE.value] + counts[_Action.WAIT.value],
             most,
-            self.max_billed_images if self.max_billed_images is not None else "not set",
+            report.budget or "max_billed_images not set",
         )
-        return to_generate, to_resume
+        return to_generate
 
-    def _earlier_work(self, job: PromptJob, pending: set[str]) -> tuple[PromptJob, list[StoredObject] | None, PendingRecord | None]:
-        stored = self.store.stored_group(
-            job.stem, job.fingerprint, job.extension, job.requested_images, same_run=self.replace
+    def _decide(self, job: PromptJob, record: Record | None, present: set[str] | None = None) -> _Decision:
+        """What to do with ``job`` given its ledger record: the one place these rules live."""
+        if record is None:
+            return _Decision(_Action.GENERATE)
+        me = self.ledger.owner
+        owner = record.owned_by
+        same = record.fingerprint == job.fingerprint
+        if not same and not self.replace and owner is not None and not owner.same_task(me):
+            where = self.store.key_for(job.stem, 0, job.extension)
+            return _Decision(_Action.CONFLICT, record, (
+                f"key {job.stem!r} (s3://{self.store.bucket}/{where}) belongs to task {owner.task} "
+                f"(run {owner.run_id!r}), which made it from a different prompt or parameters; give this prompt "
+                "another key, or set replace=True to take the key over"
+            ))
+        status = record.status
+        if status in (states.CLAIMED, states.ANSWERED):
+            if self.ledger.alive(owner):
+                return _Decision(_Action.WAIT, record, f"claimed by {owner.describe() if owner else 'an unknown owner'}")
+            if status == states.CLAIMED:
+                return self._dead_claim(job, record)
+            if not record.linked_images:
+                return self._expired(job, record)
+            return _Decision(_Action.RESUME, record)
+        if not same:
+            if status == states.UNKNOWN:
+                self.log.warning("Prompt %d: an earlier request for another prompt under key %r had an unknown outcome (%s); "
+                                 "the prompt changed, so it is generated", job.index, job.stem, record.reason)
+            return _Decision(_Action.GENERATE, record)
+        if status == states.STORED:
+            run = owner.run_id if owner is not None else None
+            if self.replace and run != me.run_id:
+                return _Decision(_Action.GENERATE, record)
+            if present is not None and any(image["key"] not in present for image in record.stored_images):
+                self.log.warning("Prompt %d: an image of key %r was deleted from S3: it is generated again", job.index, job.stem)
+                return _Decision(_Action.GENERATE, record)
+            return _Decision(_Action.REUSE, record)
+        if status == states.UNKNOWN:
+            resolution = "retry" if self.hook.retry_unknown_outcome else self.resolve_unknown
+            if resolution == "retry":
+                self.log.warning("Prompt %d: its earlier outcome was unknown (%s); it is sent again, as asked",
+                                 job.index, record.reason)
+                return _Decision(_Action.GENERATE, record)
+            if resolution == "accept":
+                return _Decision(_Action.ACCEPT, record)
+            if record.linked_images:
+                return _Decision(_Action.RESUME, record)
+            return _Decision(_Action.UNKNOWN, record)
+        if status == states.LOST:
+            self.log.info("Prompt %d: accepted as lost in an earlier run; it is generated", job.index)
+        return _Decision(_Action.GENERATE, record)
+
+    def _dead_claim(self, job: PromptJob, record: Record) -> _Decision:
+        owner = record.owned_by
+        reason = f"claimed by {owner.describe() if owner else 'an unknown owner'}, which ended before recording an answer"
+        try:
+            record = self.ledger.write(job.stem, states.UNKNOWN, reason=reason[:300])
+        except LedgerConflict:
+            record = self.ledger.load(job.stem) or record
+            return self._decide(job, record)
+        if record.fingerprint != job.fingerprint:
+            return _Decision(_Action.GENERATE, record)
+        return self._decide(job, record)
+
+    def _expired(self, job: PromptJob, record: Record) -> _Decision:
+        expired = record.expired_images
+        when = max((float(image.get("expires_at", 0)) for image in expired), default=0.0)
+        reason = (
+            f"{len(expired)} image(s) paid for were never stored and their links expired at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(when))}"
         )
-        if stored is not None:
-            if job.stem in pending:
-                self._forget(job)
-            return job, stored, None
-        if job.stem not in pending:
-            return job, None, None
-        record = self.store.load_pending(job.stem)
-        if record is None or record.fingerprint != job.fingerprint:
-            return job, None, None
-        if self.replace and record.run_id != self.store.run_id:
-            return job, None, None
-        return job, None, record
+        try:
+            record = self.ledger.write(job.stem, states.UNKNOWN, reason=reason)
+        except LedgerConflict:
+            record = self.ledger.load(job.stem) or record
+        return self._decide(job, record)
+
+    def _apply(self, job: PromptJob, decision: _Decision, report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]) -> None:
+        """Carry out a decision that sends nothing."""
+        record = decision.record
+        assert record is not None
+        if decision.action is _Action.REUSE:
+            stored = [self._stored_object(job, record, image) for image in record.stored_images]
+            with self._changed:
+                report.reused += len(stored)
+                report.records.extend(self._record(job, item, reused=True) for item in stored)
+            self._finish(job, State.STORED, report)
+        elif decision.action is _Action.CONFLICT:
+            self._fail(report, Failure.refused(job.index, "KeyOwnedByAnotherTask", decision.message, retryable=False))
+            self._finish(job, State.FAILED, report)
+        elif decision.action is _Action.ACCEPT:
+            try:
+                self.ledger.write(job.stem, states.LOST, reason=f"accepted as lost: {record.reason}"[:300])
+            except StorageError as error:
+                self._fail(report, Failure.refused(job.index, "LedgerWriteFailed", str(error)))
+                self._finish(job, State.FAILED, report)
+                return
+            with self._changed:
+                report.accepted_lost.append(job.index)
+            self.log.warning("Prompt %d: its unknown outcome (%s) is accepted as lost, as asked", job.index, record.reason)
+            self._finish(job, State.NOT_SENT, report)
+        elif decision.action is _Action.UNKNOWN:
+            self._unknown_earlier(job, record, report)
+            self._finish(job, State.UNKNOWN, report)
+        elif decision.action is _Action.RESUME:
+            self._resume(job, record, report, transfers)
+
+    def _unknown_earlier(self, job: PromptJob, record: Record, report: BatchReport) -> None:
+        missing = record.requested_images - len(record.stored_images)
+        message = (
+            f"an earlier request's outcome is unknown ({record.reason or 'no answer recorded'}); "
+            f"{missing} image(s) may have been billed and are not stored. Not sent again: set resolve_unknown='retry' "
+            "for a run to send it again, or 'accept' to accept it as lost"
+        )
+        self._fail(report, Failure.unknown_outcome(job.index, message))
+
+    def _resume(self, job: PromptJob, record: Record, report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]) -> None:
+        """Store the images an earlier try paid for, from their links; the record becomes this try's."""
+        if record.owner.get("token") != self.ledger.owner.token:
+            try:
+                record = self.ledger.write(job.stem, record.status, owner=asdict(self.ledger.owner))
+            except StorageError as error:  # a conflict too: another process took it over first
+                self._fail(report, Failure.refused(job.index, "LedgerWriteFailed", str(error)))
+                self._finish(job, State.FAILED, report)
+                return
+        progress = self._progress[job.index]
+        progress.entries = {int(image["index"]): dict(image) for image in record.images}
+        progress.whole = record.complete
+        progress.lost = ""
+        if record.status == states.UNKNOWN:
+            self._unknown_earlier(job, record, report)
+            self._set_state(job, State.UNKNOWN)
+        else:
+            self._set_state(job, State.ANSWERED)
+        images = [GeneratedImage(index=int(image["index"]), url=image["url"], size=image.get("size")) for image in record.linked_images]
+        result = GenerationResult(images=images, usage={}, model=record.model, request_id=record.request_id)
+        with self._changed:
+            progress.outstanding = 1
+        self._enqueue(transfers, job, result)
+        self._release(job, report)
+
+    @staticmethod
+    def _stored_object(job: PromptJob, record: Record, image: dict[str, Any]) -> StoredObject:
+        owner = record.owned_by
+        return StoredObject(
+            bucket=image.get("bucket", ""),
+            key=image["key"],
+            prompt_index=job.index,
+            image_index=int(image["index"]),
+            model=image.get("model", record.model or ""),
+            size=image.get("size", ""),
+            content_type=image.get("content_type", ""),
+            bytes=int(image.get("bytes", 0)),
+            sha256=image.get("sha256", ""),
+            fingerprint=record.fingerprint,
+            run_id=owner.run_id if owner else None,
+        )
 
     # -- the main thread ---------------------------------------------------------------------
 
@@ -418,8 +623,8 @@ class BatchRunner:
             self._abandon(index, report)
         answered = sum(1 for state in self._states.values() if state is State.ANSWERED)
         self.log.warning(
-            "Stopped (%s): nothing more is sent; %d request(s) abandoned in flight (outcome unknown, recorded), "
-            "%d answered prompt(s) not yet stored keep their links for a retry",
+            "Stopped (%s): nothing more is sent; %d request(s) abandoned in flight (outcome unknown, recorded in the "
+            "ledger), %d answered prompt(s) not yet stored keep their links in the ledger for a retry",
             self._stop_reason,
             len(abandoned),
             answered,
@@ -428,27 +633,27 @@ class BatchRunner:
 
     def _abandon(self, index: int, report: BatchReport) -> None:
         job = self._jobs[index]
-        with self._job_locks[index]:
+        with self.ledger.lock(job.stem):
             if self._states[index] is not State.SENDING:
                 return  # it answered meanwhile, and was recorded
             self._set_state(job, State.UNKNOWN)
-            received = self._received(job)
-            try:
-                reason = "abandoned in flight when the task stopped"
-                self.store.save_unknown(job.stem, job.fingerprint, job.requested_images, reason, received)
-            except Exception as error:
-                self.log.error("Prompt %d: could not record its unknown outcome: %s", index, type(error).__name__)
-        self._fail(report, Failure(index, None, "generation", "OutcomeUnknown", "the task stopped while it was in flight", False, False, True))
+            self._write_record(job, states.UNKNOWN, reason="abandoned in flight when the task stopped")
+        self._fail(report, Failure.unknown_outcome(index, "the task stopped while it was in flight"))
 
     def _finished(self, report: BatchReport) -> BatchReport:
         report.records.sort(key=lambda record: (record["prompt_index"], record["image_index"]))
         report.failures.sort(key=lambda failure: (failure.prompt_index, failure.image_index or 0))
         report.stop_reason, report.stop_retryable = self._stop_reason, self._stop_retryable
+        if self.budget is not None:
+            try:
+                report.budget = self.budget.describe()
+            except StorageError:
+                pass
         return report
 
     def _log_progress(self, report: BatchReport) -> None:
         with self._changed:
-            states = Counter(state.value for state in self._states.values())
+            states_now = Counter(state.value for state in self._states.values())
         self.log.info(
             "Progress: %d/%d prompts done; %d images generated, %d reused, %d failures, %d outcome unknown; "
             "%d sending (limit %.1f of %d, %d rate-limited answers), %d answered and storing; "
@@ -459,11 +664,11 @@ class BatchRunner:
             report.reused,
             len(report.failures),
             report.unknown_outcomes,
-            states[State.SENDING.value],
+            states_now[State.SENDING.value],
             self.limit.limit,
             self.limit.maximum,
             self.limit.rate_limited,
-            states[State.ANSWERED.value],
+            states_now[State.ANSWERED.value],
             report.billed_images,
             report.output_tokens,
         )
@@ -478,65 +683,153 @@ class BatchRunner:
                 job = work.get_nowait()
             except queue.Empty:
                 return
-            if not self.limit.acquire(lambda: self._stop_reason is not None):
-                self._not_sent(job, report, self._stop_reason or "stopped")
-                continue
+            waited_until = time.monotonic() + self.claim_wait_seconds
+            while not self._claim_and_send(job, transfers, report, waited_until):
+                pass  # another process held the prompt: its record was read again
+
+    def _claim_and_send(
+        self, job: PromptJob, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport, wait_until: float
+    ) -> bool:
+        """Send one job, once the ledger lets it be sent; ``False`` to be called again after waiting."""
+        if not self.limit.acquire(lambda: self._stop_reason is not None):
+            self._not_sent(job, report, self._stop_reason or "stopped")
+            return True
+        sent = False
+        try:
+            reason = self._stop_reason or self._dead_models.get(str(job.body.get("model")))
+            if reason is not None:
+                self._not_sent(job, report, reason)
+                return True
+            decision = self._claim(job)
+            if decision.action is _Action.WAIT:
+                self.limit.release()
+                sent = True  # the slot is freed here
+                return self._wait_for_owner(job, decision, report, wait_until)
+            if decision.action is _Action.NOT_SENT:
+                self._not_sent(job, report, decision.message)
+                return True
+            if decision.action is not _Action.GENERATE:
+                self._apply(job, decision, report, transfers)
+                return True
+            if not self._hold(job, report):
+                return True
             with self._changed:
-                reason = self._stop_reason or self._dead_models.get(str(job.body.get("model"))) or self._reserve(job)
+                reason = self._stop_reason
                 if reason is None:
                     self._progress[job.index].outstanding = 1  # the request itself
                     self._set_state(job, State.SENDING)
-            if reason is not None:
-                self.limit.release()
+            if reason is not None:  # stopped between the claim and the send: nothing is spent
+                self._write_record(job, states.RELEASED, reason=f"not sent: {reason}"[:300])
+                self._settle(job, billed=0)
                 self._not_sent(job, report, reason)
-                continue
-            started = time.monotonic()
-            answered = False
-            try:
-                if job.body.get("stream"):
-                    self._generate_streamed(job, transfers, report)
-                    answered = True
-                    self.limit.release(time.monotonic() - started)
-                else:
-                    result = self._generate(job)
-                    answered = True
-                    self.limit.release(time.monotonic() - started)
-                    self._answered(job, result, transfers, report)
-            except SeedreamUnknownOutcomeError as error:
-                self._settle(job, billed=None)
-                self._unknown(job, error, transfers, report)
-            except SeedreamAPIError as error:
-                self._settle(job, billed=0)
-                self._refused(job, error, report)
-            except Exception as error:  # a refused connection after every retry, an unreadable reference...
-                self._settle(job, billed=0)
-                self._fail(report, Failure(job.index, None, "generation", type(error).__name__, str(error)[:300], paid=False))
-                self._release(job, report, complete=False)
-            finally:
-                if not answered:
-                    self.limit.release()
+                return True
+            sent = True
+            self._send(job, transfers, report)
+            return True
+        finally:
+            if not sent:
+                self.limit.release()
 
-    def _reserve(self, job: PromptJob) -> str | None:
-        """Hold the job's images against the budget; the reason it may not be sent, if any."""
-        if self.max_billed_images is not None and self._billed + self._reserved + job.requested_images > self.max_billed_images:
-            reason = (
-                f"max_billed_images={self.max_billed_images} reached: {self._billed} image(s) billed or possibly "
-                f"billed, {self._reserved} in flight, prompt {job.index} may cost {job.requested_images} more"
-            )
+    def _claim(self, job: PromptJob) -> _Decision:
+        """Claim the prompt with a conditional write, or say why it is not to be sent."""
+        while True:
+            try:
+                with self.ledger.lock(job.stem):
+                    decision = self._decide(job, self.ledger.cached(job.stem))
+                    if decision.action is not _Action.GENERATE:
+                        return decision
+                    self.ledger.write(
+                        job.stem, states.CLAIMED, fingerprint=job.fingerprint, requested_images=job.requested_images
+                    )
+                    return decision
+            except LedgerConflict:
+                self.ledger.load(job.stem)  # another process got there first: follow its record
+            except StorageError as error:
+                reason = f"the spend ledger could not be written ({error}); nothing more is sent"
+                self.stop(reason)
+                return _Decision(_Action.NOT_SENT, None, reason)
+
+    def _wait_for_owner(self, job: PromptJob, decision: _Decision, report: BatchReport, wait_until: float) -> bool:
+        """Another live process holds the prompt: wait (bounded) for its record to settle."""
+        self.log.info("Prompt %d: key %r is %s; waiting for it", job.index, job.stem, decision.message)
+        while time.monotonic() < wait_until:
+            if self._stop_reason is not None:
+                self._not_sent(job, report, self._stop_reason)
+                return True
+            with self._changed:
+                self._changed.wait(1.0)
+            try:
+                record = self.ledger.load(job.stem)
+            except StorageError:
+                continue
+            if record is None or record.status in states.SETTLED or not self.ledger.alive(record.owned_by):
+                return False
+        message = (
+            f"key {job.stem!r} is still {decision.message} after {self.claim_wait_seconds:g} s; not sent, "
+            "so that it is not paid for twice. A retry reuses what that run stores"
+        )
+        self._fail(report, Failure.refused(job.index, "ClaimedElsewhere", message, retryable=True))
+        self._finish(job, State.FAILED, report)
+        return True
+
+    def _hold(self, job: PromptJob, report: BatchReport) -> bool:
+        """Reserve the job's images from the budget; on refusal the claim is released and the batch stops."""
+        if self.budget is None:
+            return True
+        try:
+            self.budget.reserve(job.stem, job.requested_images)
+            return True
+        except BudgetExhausted as error:
+            reason = f"max_billed_images: {error}"
             self.stop(reason)
-            return reason
-        self._reserved += job.requested_images
-        return None
+        except StorageError as error:
+            reason = f"the budget record could not be written ({error})"
+            self.stop(reason)
+        self._write_record(job, states.RELEASED, reason=f"not sent: {reason}"[:300])
+        self._not_sent(job, report, reason)
+        return False
+
+    def _send(self, job: PromptJob, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport) -> None:
+        started = time.monotonic()
+        answered = False
+        try:
+            if job.body.get("stream"):
+                self._generate_streamed(job, transfers, report)
+                answered = True
+                self.limit.release(time.monotonic() - started)
+            else:
+                result = self._generate(job)
+                answered = True
+                self.limit.release(time.monotonic() - started)
+                self._answered(job, result, transfers, report)
+        except SeedreamUnknownOutcomeError as error:
+            self._settle(job, billed=None)
+            self._unknown(job, error, transfers, report)
+        except SeedreamAPIError as error:
+            # A stream may fail after delivering images: those were made, and are billed.
+            self._count_usage(job, {}, len(self._progress[job.index].received), report)
+            self._refused(job, error, transfers, report)
+        except Exception as error:  # a refused connection after every retry, an unreadable reference...
+            self._settle(job, billed=0)
+            self._write_record(job, states.REFUSED, reason=f"{type(error).__name__}: {error}"[:300])
+            self._fail(report, Failure.refused(job.index, type(error).__name__, str(error)[:300]))
+            self._release(job, report, complete=False)
+        finally:
+            if not answered:
+                self.limit.release()
 
     def _settle(self, job: PromptJob, *, billed: int | None) -> None:
-        """Replace the job's reservation by what it cost (``None``: unknown, so count it all); once."""
+        """Replace the job's hold on the budget by what it cost (``None``: unknown, so count it all); once."""
         with self._changed:
             progress = self._progress[job.index]
             if progress.settled:
                 return
             progress.settled = True
-            self._reserved -= job.requested_images
-            self._billed += job.requested_images if billed is None else billed
+        if self.budget is not None:
+            try:
+                self.budget.settle(job.stem, billed)
+            except StorageError as error:  # the hold stays: the budget counts it as spent
+                self.log.warning("Prompt %d: the budget could not be settled: %s", job.index, error)
 
     def _count_usage(self, job: PromptJob, usage: dict[str, Any], received: int, report: BatchReport) -> None:
         billed = int(usage.get("generated_images", received))
@@ -566,24 +859,69 @@ class BatchRunner:
             self._references[reference.identity] = (time.monotonic(), value)
             return value
 
+    # -- the prompt's record -----------------------------------------------------------------
+
+    def _note(self, job: PromptJob, images: list[GeneratedImage]) -> None:
+        entries = self._progress[job.index].entries
+        for image in images:
+            if image.url:
+                entries[image.index] = {
+                    "index": image.index, "url": image.url, "expires_at": link_expiry(image.url), "size": image.size,
+                }
+            elif image.error_code:
+                entries[image.index] = {"index": image.index, "error": image.error_code}
+
+    def _write_record(self, job: PromptJob, status: str, **changes: Any) -> bool:
+        """Write the prompt's record with its image entries; when S3 does not take it, nothing more is sent.
+
+        A record of paid links S3 refused is kept on this machine, so a retry here still finds it.
+        """
+        progress = self._progress[job.index]
+        images = tuple(progress.entries[index] for index in sorted(progress.entries))
+        current = self.ledger.cached(job.stem)
+        if current is not None and current.status == states.UNKNOWN:
+            status = states.UNKNOWN  # abandoned by a stopped task: it stays unknown, its links kept
+        try:
+            self.ledger.write(job.stem, status, images=images, **changes)
+            return True
+        except StorageError as error:
+            self.log.error("Prompt %d: the ledger did not take its %s record: %s", job.index, status, error)
+            if images and status in (states.ANSWERED, states.UNKNOWN) and current is not None:
+                path = self.ledger.keep_locally(job.stem, status, images=images, **changes)
+                self.stop(
+                    f"S3 did not take the ledger record of paid links; it is kept at {path} on this machine "
+                    "and nothing more is sent, so that no more is paid for than can be stored"
+                )
+            else:
+                self.stop("the spend ledger could not be written; nothing more is sent")
+            return False
+
+    # -- answers -------------------------------------------------------------------------------
+
     def _answered(
         self, job: PromptJob, result: GenerationResult, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport
     ) -> None:
         self._count_usage(job, result.usage, len(result.succeeded), report)
+        progress = self._progress[job.index]
         if not result.images:
             message = "the endpoint answered 200 with no image and no error"
-            self._fail(report, Failure(job.index, None, "generation", "EmptyAnswer", message, paid=False))
+            self._write_record(job, states.REFUSED, reason=message, billed=0)
+            self._fail(report, Failure.refused(job.index, "EmptyAnswer", message))
             self._release(job, report, complete=False)
             return
+        progress.whole = True
         self._set_state(job, State.ANSWERED)
         if any(image.spool is not None for image in result.images):
             # Decoded b64_json images have no link to come back to: store them before the slot is freed.
+            self._note(job, [image for image in result.images if not image.ok])
             complete, keep, stored = self._store_answer(job, result, report)
             self._release(job, report, complete=complete, keep_record=keep, stored=stored)
             return
         # Recorded before the slot is freed, so an interruption loses no paid link.
-        with self._job_locks[job.index]:
-            self._record_links(job, lambda: self.store.save_pending(job.stem, job.fingerprint, result))
+        with self.ledger.lock(job.stem):
+            self._note(job, result.images)
+            self._write_record(job, states.ANSWERED, model=result.model, request_id=result.request_id, complete=True,
+                               billed=int(result.usage.get("generated_images", len(result.succeeded))))
         self._enqueue(transfers, job, result)
         self._release(job, report)
 
@@ -596,18 +934,19 @@ class BatchRunner:
         progress = self._progress[job.index]
         progress.streamed = True
         usage: dict[str, Any] = {}
+        completed = False
         events = self.hook.stream_request(self._body(job), spool_images=True)
         try:
             for event in events:
                 if event.completed:
-                    usage = event.usage
+                    usage, completed = event.usage, True
                 image = event.image
                 if image is not None and not image.ok:
                     message = image.error_message or ""
-                    failure = Failure(job.index, image.index, "generation", image.error_code or "Error", message, False, False)
-                    self._fail(report, failure)
+                    code = image.error_code or "Error"
+                    self._fail(report, Failure.refused(job.index, code, message, retryable=False, image=image.index))
                     with self._changed:
-                        progress.complete = False
+                        self._note(job, [image])
                 elif image is not None:
                     self._streamed_image(job, image, event.model, event.request_id, transfers)
                 if self._interrupted:
@@ -616,6 +955,7 @@ class BatchRunner:
                     )
         finally:
             events.close()  # an abandoned stream is closed, so the service sees the client leave
+        progress.whole = completed
         self._count_usage(job, usage, len(progress.received), report)
         self._set_state(job, State.ANSWERED)
         self._release(job, report)
@@ -629,33 +969,12 @@ class BatchRunner:
         transfers: queue.SimpleQueue[_Transfer | None],
     ) -> None:
         progress = self._progress[job.index]
-        with self._job_locks[job.index]:
+        with self.ledger.lock(job.stem):
             progress.received.append(image)
             if image.url:
-                so_far = GenerationResult(images=list(progress.received), usage={}, model=model, request_id=request_id)
-                if self._states[job.index] is State.UNKNOWN:  # abandoned by a stopped task: keep it unknown
-                    reason = "abandoned in flight when the task stopped"
-                    write = lambda: self.store.save_unknown(job.stem, job.fingerprint, job.requested_images, reason, so_far)  # noqa: E731
-                else:
-                    write = lambda: self.store.save_pending(job.stem, job.fingerprint, so_far)  # noqa: E731
-                self._record_links(job, write)
+                self._note(job, [image])
+                self._write_record(job, states.ANSWERED, model=model, request_id=request_id)
         self._enqueue(transfers, job, GenerationResult(images=[image], usage={}, model=model, request_id=request_id))
-
-    def _record_links(self, job: PromptJob, write: Any) -> None:
-        try:
-            where = write()
-        except Exception as error:
-            self.log.error("Prompt %d: could not record what it paid for: %s", job.index, type(error).__name__)
-            self.stop("the record of paid images could not be written")
-            return
-        if where is not None:
-            with self._changed:
-                self._progress[job.index].recorded = True
-        if where == "local":
-            self.stop(
-                f"S3 refused the record of paid links; it is kept under {self.store.local_folder} on this machine "
-                "and nothing more is sent, so that no more is paid for than can be stored"
-            )
 
     def _received(self, job: PromptJob) -> GenerationResult | None:
         """The streamed images a request delivered before it stopped, if any."""
@@ -671,21 +990,19 @@ class BatchRunner:
     ) -> None:
         # Images that did arrive are known: an answer cut short, or a stream that broke off.
         received = error.received if error.received is not None and error.received.succeeded else None
-        streamed = self._received(job)
-        with self._job_locks[job.index]:
-            self._record_links(
-                job,
-                lambda: self.store.save_unknown(
-                    job.stem, job.fingerprint, job.requested_images, str(error), received or streamed
-                ),
-            )
-            self._fail(report, Failure(job.index, None, "generation", "OutcomeUnknown", str(error)[:300], False, False, True))
+        with self.ledger.lock(job.stem):
+            if received is not None:
+                self._note(job, received.images)
+            self._write_record(job, states.UNKNOWN, reason=str(error)[:300])
+            self._fail(report, Failure.unknown_outcome(job.index, str(error)[:300]))
             self._set_state(job, State.UNKNOWN)
         if received is not None:
             self._enqueue(transfers, job, received)
         self._release(job, report, complete=False)
 
-    def _refused(self, job: PromptJob, error: SeedreamAPIError, report: BatchReport) -> None:
+    def _refused(
+        self, job: PromptJob, error: SeedreamAPIError, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport
+    ) -> None:
         code = error.code or f"HTTP{error.status}"
         if error.status in ACCOUNT_STATUSES or error.code in NON_RETRYABLE_429_CODES:
             self.stop(f"the service answered HTTP {error.status} {error.code or ''}".strip())
@@ -693,7 +1010,15 @@ class BatchRunner:
             model = str(job.body.get("model"))
             with self._changed:
                 self._dead_models.setdefault(model, f"model {model!r} answered HTTP 404 {error.code or ''}".strip())
-        self._fail(report, Failure(job.index, None, "generation", code, error.message, False, error.retryable))
+        progress = self._progress[job.index]
+        with self.ledger.lock(job.stem):
+            if progress.received:  # a stream that failed after delivering images: those are paid for
+                progress.lost = f"the stream failed after {len(progress.received)} image(s): {code}"
+                self._write_record(job, states.ANSWERED, reason=progress.lost[:300])
+            else:
+                self._write_record(job, states.REFUSED, reason=f"{code}: {error.message}"[:300], billed=0)
+        retryable = error.retryable and not progress.received
+        self._fail(report, Failure.refused(job.index, code, error.message, retryable=retryable))
         self._release(job, report, complete=False)
 
     # -- transfer threads --------------------------------------------------------------------
@@ -715,16 +1040,13 @@ class BatchRunner:
 
     def _store_answer(self, job: PromptJob, result: GenerationResult, report: BatchReport) -> tuple[bool, bool, list[StoredObject]]:
         """Store every image of one answer: whether all were, whether a link is worth keeping, what was stored."""
-        # A streamed group is known whole only at its end: its images carry no group until it is sealed.
-        group = () if self._progress[job.index].streamed else tuple(image.index for image in result.succeeded)
         complete, keep_record, stored = True, False, []
         for image in result.images:
             if not image.ok:
                 code, message = image.error_code or "Error", image.error_message or ""
-                self._fail(report, Failure(job.index, image.index, "generation", code, message, False, retryable=False))
-                complete = False
+                self._fail(report, Failure.refused(job.index, code, message, retryable=False, image=image.index))
                 continue
-            item, worth_keeping = self._store(job, result, image, group, report)
+            item, worth_keeping = self._store(job, result, image, report)
             complete &= item is not None
             keep_record |= worth_keeping
             if item is not None:
@@ -740,38 +1062,51 @@ class BatchRunner:
         keep_record: bool = False,
         stored: list[StoredObject] | None = None,
     ) -> None:
-        """One part of a prompt's work is done; when it was the last, the prompt is finished."""
+        """One part of a prompt's work is done; when it was the last, the prompt is finished and its record sealed."""
         with self._changed:
             progress = self._progress[job.index]
             progress.complete &= complete
             progress.keep_record |= keep_record
             progress.stored.extend(stored or [])
+            for item in stored or []:
+                progress.entries[item.image_index] = {
+                    "index": item.image_index, "key": item.key, "bucket": item.bucket, "bytes": item.bytes,
+                    "sha256": item.sha256, "content_type": item.content_type, "size": item.size, "model": item.model,
+                }
             progress.outstanding -= 1
             if progress.outstanding > 0:
                 return
             unknown = self._states[job.index] is State.UNKNOWN
-        if not unknown and not progress.keep_record:
-            if progress.streamed and progress.stored:
-                self._seal(job, progress.stored)
-            if progress.recorded:
-                self._forget(job)
-        self._finish(job, State.UNKNOWN if unknown else State.STORED if progress.complete else State.FAILED, report)
+        final = State.UNKNOWN if unknown else State.STORED if progress.complete else State.FAILED
+        record = self.ledger.cached(job.stem)
+        if record is not None and record.owner.get("token") == self.ledger.owner.token:
+            with self.ledger.lock(job.stem):
+                self._seal(job, progress, record.status, unknown)
+        self._finish(job, final, report)
 
-    def _seal(self, job: PromptJob, stored: list[StoredObject]) -> None:
-        """Write a streamed group's images into the first one's metadata, so a rerun can reuse the group."""
-        try:
-            self.store.seal_group(sorted(stored, key=lambda item: item.image_index))
-        except Exception as error:
-            self.log.warning("Prompt %d: could not record its group: %s", job.index, type(error).__name__)
-
-    def _forget(self, job: PromptJob) -> None:
-        try:
-            self.store.drop_pending(job.stem)
-        except Exception as error:
-            self.log.warning("Prompt %d: could not remove its record: %s", job.index, type(error).__name__)
+    def _seal(self, job: PromptJob, progress: _Progress, status: str, unknown: bool) -> None:
+        """Write where the prompt ended: stored only when its whole answer is stored or failed item by item."""
+        if status not in (states.ANSWERED, states.CLAIMED, states.UNKNOWN):
+            return  # refused or released: already final
+        linked = [entry for entry in progress.entries.values() if entry.get("url") and not entry.get("key")]
+        if unknown or status == states.UNKNOWN:
+            self._write_record(job, states.UNKNOWN)
+        elif progress.lost:
+            self._write_record(job, states.UNKNOWN, reason=progress.lost[:300])
+        elif not progress.whole:
+            received = len(progress.received) or len(progress.entries)
+            reason = f"the answer ended before it was whole: {received} of up to {job.requested_images} image(s) arrived"
+            self._write_record(job, states.UNKNOWN, reason=reason)
+        elif linked and progress.keep_record:
+            self._write_record(job, states.ANSWERED)  # what was stored so far, and the links a retry stores
+        elif linked:
+            reason = f"{len(linked)} image(s) paid for could not be stored and their links cannot be used again"
+            self._write_record(job, states.UNKNOWN, reason=reason)
+        else:
+            self._write_record(job, states.STORED, complete=True)
 
     def _store(
-        self, job: PromptJob, result: GenerationResult, image: GeneratedImage, group: tuple[int, ...], report: BatchReport
+        self, job: PromptJob, result: GenerationResult, image: GeneratedImage, report: BatchReport
     ) -> tuple[StoredObject | None, bool]:
         """Download and upload one image; what was stored, and whether its link is worth keeping."""
         key = self.store.key_for(job.stem, image.index, job.extension)
@@ -789,20 +1124,22 @@ class BatchRunner:
                     bytes=downloaded.bytes,
                     sha256=downloaded.sha256,
                     fingerprint=job.fingerprint,
-                    group=group,
                     run_id=self.store.run_id,
                 )
                 self.store.upload(spool, stored, result.request_id)
-        except SeedreamError as error:
-            retryable = bool(getattr(error, "retryable", False))
-            self._fail(report, Failure(job.index, image.index, "download", type(error).__name__, str(error), True, retryable))
-            return None, retryable
         except StorageError as error:
             if error.fatal:
                 self.stop(f"S3 answered {error.code}")
             code = error.code or "StorageError"
-            self._fail(report, Failure(job.index, image.index, "upload", code, str(error), True, True))
+            self._fail(report, Failure.lost_image(job.index, image.index, "upload", code, str(error), retryable=True))
             return None, True
+        except SeedreamError as error:
+            retryable = bool(getattr(error, "retryable", False))
+            message = str(error)
+            if not retryable and image.url and link_expiry(image.url) < time.time():
+                message += " (its link expired)"
+            self._fail(report, Failure.lost_image(job.index, image.index, "download", type(error).__name__, message, retryable=retryable))
+            return None, retryable
         finally:
             if image.spool is not None:
                 image.spool[0].close()
@@ -827,7 +1164,7 @@ class BatchRunner:
             self._changed.notify_all()
 
     def _not_sent(self, job: PromptJob, report: BatchReport, reason: str) -> None:
-        self._fail(report, Failure(job.index, None, "generation", "NotSent", reason, paid=False, retryable=False), quiet=True)
+        self._fail(report, Failure.not_sent(job.index, reason), quiet=True)
         self._finish(job, State.NOT_SENT, report)
 
     def _fail(self, report: BatchReport, failure: Failure, *, quiet: bool = False) -> None:
@@ -840,7 +1177,6 @@ class BatchRunner:
     @staticmethod
     def _record(job: PromptJob, stored: StoredObject, *, reused: bool) -> dict[str, Any]:
         record = asdict(stored)
-        record.pop("group", None)
         # A keyed image reused from a run where the prompt sat elsewhere belongs to this position now.
         record.update(s3_uri=stored.s3_uri, prompt=job.prompt, prompt_index=job.index, reused=reused)
         return record

@@ -99,3 +99,26 @@ class SeedreamDownloadError(SeedreamError):
         self.status = status
         self.retryable = retryable
         super().__init__(message)
+
+
+# S3 answers after which no other upload of the batch can succeed.
+FATAL_STORAGE_CODES = frozenset(
+    {"AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403", "404"}
+)
+
+
+class StorageError(SeedreamError):
+    """S3 refused an operation; the message says which bucket and key, never credentials.
+
+    :param message: what failed.
+    :param code: S3's error code, if it gave one.
+    """
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        self.code = code
+        super().__init__(message)
+
+    @property
+    def fatal(self) -> bool:
+        """Whether every other upload to this bucket would fail the same way."""
+        return self.code in FATAL_STORAGE_CODES

@@ -15,6 +15,8 @@ import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
+from airflow_provider_seedream.exceptions import SeedreamError
+
 FORMATS = ("jsonl", "csv")
 GZIP_MAGIC = b"\x1f\x8b"
 READ_BUFFER = 64 * 1024
@@ -23,7 +25,7 @@ READ_BUFFER = 64 * 1024
 CSV_FIELD_LIMIT = 1024 * 1024
 
 
-class CatalogError(ValueError):
+class CatalogError(SeedreamError, ValueError):
     """A catalog, a row of it or the prompt template cannot be used; the message names the row or the field."""
 
 

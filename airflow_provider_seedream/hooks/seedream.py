@@ -17,10 +17,11 @@ import ijson
 import requests
 import tenacity
 import urllib3.exceptions
+from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
-from airflow.sdk import BaseHook
 from airflow_provider_seedream import CONNECTION_UI, __version__
+from airflow_provider_seedream.arguments import as_flag, as_int, as_number
 from airflow_provider_seedream.exceptions import (
     UNKNOWN_OUTCOME_STATUSES,
     SeedreamAPIError,
@@ -28,7 +29,11 @@ from airflow_provider_seedream.exceptions import (
     SeedreamUnknownOutcomeError,
     SeedreamValidationError,
 )
-from airflow_provider_seedream.image_formats import CONTENT_TYPES, SNIFF_BYTES, sniff_format
+from airflow_provider_seedream.image_formats import (
+    CONTENT_TYPES,
+    SNIFF_BYTES,
+    sniff_format,
+)
 from airflow_provider_seedream.redaction import redact_text, redact_url
 from airflow_provider_seedream.results import (
     STREAM_COMPLETED,
@@ -39,7 +44,11 @@ from airflow_provider_seedream.results import (
     GenerationResult,
     StreamEvent,
 )
-from airflow_provider_seedream.validation import DEFAULT_MODEL, requested_image_count, validate_request
+from airflow_provider_seedream.validation import (
+    DEFAULT_MODEL,
+    requested_image_count,
+    validate_request,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -104,18 +113,10 @@ def _extra(conn_id: str, extras: dict[str, Any], name: str, default: Any, kind: 
     value = extras.get(name)
     if value is None or value == "":
         return default
+    field = f"connection {conn_id!r} extra {name!r}"
     if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-    elif not isinstance(value, bool):
-        try:
-            return kind(value)
-        except (TypeError, ValueError):
-            pass
-    allowed = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-    raise SeedreamValidationError(f"connection {conn_id!r} extra {name!r}", f"must be {allowed} or null, got {value!r}")
+        return as_flag(field, value)
+    return as_int(field, value) if kind is int else as_number(field, value)
 
 
 class _ImageSink:
@@ -202,14 +203,17 @@ class SeedreamHook(BaseHook):
     ) -> None:
         super().__init__()
         self.seedream_conn_id = seedream_conn_id
-        self._timeout = timeout
-        self.connect_timeout = connect_timeout
-        self._max_retries = max_retries
-        self._retry_unknown_outcome = retry_unknown_outcome
-        self.retry_min_wait = retry_min_wait
-        self.retry_max_wait = retry_max_wait
-        self.pool_maxsize = pool_maxsize
-        self.max_download_bytes = max_download_bytes
+        # Arguments may arrive as text (hook_params rendered from a template): read them, or refuse.
+        self._timeout = None if timeout is None else as_number("timeout", timeout, 0, exclusive=True)
+        self.connect_timeout = as_number("connect_timeout", connect_timeout, 0, exclusive=True)
+        self._max_retries = None if max_retries is None else as_int("max_retries", max_retries, 0)
+        self._retry_unknown_outcome = (
+            None if retry_unknown_outcome is None else as_flag("retry_unknown_outcome", retry_unknown_outcome)
+        )
+        self.retry_min_wait = as_number("retry_min_wait", retry_min_wait, 0)
+        self.retry_max_wait = as_number("retry_max_wait", retry_max_wait, 0)
+        self.pool_maxsize = as_int("pool_maxsize", pool_maxsize, 1)
+        self.max_download_bytes = as_int("max_download_bytes", max_download_bytes, 1)
         self._lock = threading.Lock()
         self._session: requests.Session | None = None
         #: Called with each rate-limit answer that is about to be retried (an adaptive limit listens).

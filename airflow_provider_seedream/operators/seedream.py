@@ -36,6 +36,14 @@ GENERATION_FIELDS = (
 # Fields a prompt given as a mapping may override for itself.
 PROMPT_ITEM_FIELDS = frozenset(GENERATION_FIELDS) | {"image", "extra_parameters", "key"}
 REFERENCE_STAND_IN = "https://reference.invalid/{}"
+# The hook's arguments ``hook_params`` may set.
+HOOK_PARAMS = frozenset(
+    {"timeout", "connect_timeout", "max_retries", "retry_unknown_outcome", "retry_min_wait", "retry_max_wait",
+     "pool_maxsize", "max_download_bytes"}
+)
+# Every S3 call has a bound: a write that does not complete is taken as not written.
+S3_CONNECT_TIMEOUT = 10
+S3_READ_TIMEOUT = 30
 # The most keys and prompts an asset event's extra carries (an event's extra is stored in
 # the metadata database; a catalog's run reads its records from XCom instead).
 ASSET_EXTRA_LIMIT = 1000
@@ -55,9 +63,17 @@ class SeedreamToS3Operator(BaseOperator):
     (or, when the task is stopped, recorded for the next try) even when others fail; the
     task then fails with a summary of what failed.
 
-    A request whose answer is lost (read timeout, dropped connection, gateway 502/504) may
-    have been billed: it is reported as "outcome unknown" and not sent again, by this try or
-    a later one, unless the connection or ``hook_params`` set ``retry_unknown_outcome``.
+    Every request is claimed in the spend ledger (``<s3_prefix>/_ledger/<key>.json``, written
+    with S3 conditional writes) before it is sent, so another try, another map index or an
+    overlapping run never pays for the same prompt again: it waits for the claim's owner and
+    reuses its images. A key stored by another task from a different prompt is refused before
+    anything is paid, unless ``replace=True``.
+
+    A request whose answer is lost (read timeout, dropped connection, gateway 502/504, a task
+    killed with the request in flight) may have been billed: it is reported as "outcome
+    unknown" and not sent again, by this try or a later one, unless ``resolve_unknown='retry'``
+    (or ``retry_unknown_outcome`` on the connection or in ``hook_params``);
+    ``resolve_unknown='accept'`` accepts it as lost.
 
     When stopped (execution timeout, "mark failed" or "clear" in the UI, which calls
     :meth:`on_kill`), the task sends nothing more, gives requests in flight a few seconds to
@@ -95,14 +111,25 @@ class SeedreamToS3Operator(BaseOperator):
     :param reference_transport: how local and ``s3://`` references are sent: ``data_uri`` or
         ``presigned_url`` (the service must then reach the S3 endpoint).
     :param prompt_index_offset: added to each prompt's position to form its index and key.
-    :param max_billed_images: the most images one try of the task may pay for, requests in
-        flight included (each reserves ``max_images`` in group mode, else one). When reached,
+    :param max_billed_images: the most images the task may pay for within one DAG run, all its
+        tries and map indexes together, requests in flight and of unknown outcome included (each
+        reserves ``max_images`` in group mode, else one), kept in the ledger. When reached,
         nothing more is sent, what was paid for is stored, and the task fails without retry.
+    :param resolve_unknown: what becomes of prompts whose earlier request had an unknown
+        outcome (templated, so one run can say it in its ``params``): ``fail`` (the default:
+        reported, not sent), ``retry`` (sent again: it may be paid twice) or ``accept``
+        (accepted as lost; a later run generates them again).
+    :param claim_wait_seconds: how long a prompt claimed by another live try or run is waited
+        for before the task fails on it, naming who holds it.
+    :param lease_seconds: how long a claim's owner may go silent before its claims are taken
+        as dead (their outcome unknown).
     :param hook_params: extra arguments for :class:`SeedreamHook` (timeouts, retries,
         ``retry_unknown_outcome``).
     """
 
-    template_fields: Sequence[str] = ("prompt", "s3_bucket", "s3_prefix", "model", "size", "image", "extra_parameters")
+    template_fields: Sequence[str] = (
+        "prompt", "s3_bucket", "s3_prefix", "model", "size", "image", "extra_parameters", "resolve_unknown"
+    )
     template_ext: Sequence[str] = (".txt", ".j2", ".jinja2")
     template_fields_renderers = {"extra_parameters": "json"}
     ui_color = "#f4d6c6"
@@ -136,6 +163,9 @@ class SeedreamToS3Operator(BaseOperator):
         reference_transport: str = "data_uri",
         prompt_index_offset: int | None = None,
         max_billed_images: int | None = None,
+        resolve_unknown: str | None = None,
+        claim_wait_seconds: float = 600.0,
+        lease_seconds: float = 60.0,
         hook_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -165,6 +195,9 @@ class SeedreamToS3Operator(BaseOperator):
         self.reference_transport = reference_transport
         self.prompt_index_offset = prompt_index_offset
         self.max_billed_images = max_billed_images
+        self.resolve_unknown = resolve_unknown
+        self.claim_wait_seconds = claim_wait_seconds
+        self.lease_seconds = lease_seconds
         self.hook_params = hook_params or {}
         self._runner: BatchRunner | None = None
 
@@ -185,19 +218,25 @@ class SeedreamToS3Operator(BaseOperator):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         base = S3Hook(aws_conn_id=self.aws_conn_id).conn_config.botocore_config or Config()
-        pool = Config(max_pool_connections=max(10, 2 * self.max_concurrency))
+        pool = Config(
+            max_pool_connections=max(10, 2 * self.max_concurrency),
+            connect_timeout=S3_CONNECT_TIMEOUT,
+            read_timeout=S3_READ_TIMEOUT,
+            retries={"max_attempts": 3, "mode": "standard"},
+        )
         return S3Hook(aws_conn_id=self.aws_conn_id, config=base.merge(pool))
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from airflow.sdk.exceptions import AirflowFailException
         from airflow_provider_seedream.batch import BatchError, BatchInterrupted, BatchRunner
+        from airflow_provider_seedream.ledger import Budget, Ledger
         from airflow_provider_seedream.references import check_references
         from airflow_provider_seedream.storage import ImageStore, StorageError
 
         try:
             # Everything here is checked before any money is spent; a retry would fail the same way.
-            items = self._prompt_items()
             self._check_arguments()
+            items = self._prompt_items()
             self._check_connections()
             client = self.s3_hook.conn
             store = ImageStore(client, self.s3_bucket, self.s3_prefix, run_id=self._run_id(context))
@@ -211,6 +250,8 @@ class SeedreamToS3Operator(BaseOperator):
             if error.fatal:
                 raise AirflowFailException(str(error)) from error
             raise
+        ledger = Ledger(client, store.bucket, store.prefix, self._owner(context), lease_seconds=self.lease_seconds)
+        budget = Budget.for_task(ledger, self.max_billed_images) if self.max_billed_images is not None else None
         self.log.info(
             "Generating images for %d prompt(s) into s3://%s/%s with concurrency %d",
             len(jobs),
@@ -218,34 +259,43 @@ class SeedreamToS3Operator(BaseOperator):
             store.prefix,
             self.max_concurrency,
         )
-        self._runner = BatchRunner(
+        self._runner = runner = BatchRunner(
             self.hook,
             store,
+            ledger,
             s3_client=client,
             transport=self.reference_transport,  # type: ignore[arg-type]
             replace=self.replace,
             max_concurrency=self.max_concurrency,
             log=self.log,
-            max_billed_images=self.max_billed_images,
+            budget=budget,
+            resolve_unknown=self.resolve_unknown or "fail",
+            claim_wait_seconds=self.claim_wait_seconds,
         )
         try:
-            report = self._runner.run(jobs)
+            report = runner.run(jobs)
         except BatchInterrupted as stopped:
             raise AirflowFailException(f"stopped by on_kill: {stopped}") from None
+        except BaseException as error:
+            if runner.budget_spent:  # a timeout at the same moment must not buy a fresh try
+                raise AirflowFailException(f"{runner._stop_reason}; interrupted by {type(error).__name__}") from error
+            raise
         finally:
             self.hook.close()
         self._record_asset_events(context, report, store.prefix)
         self._record_outputs(context, report, store.prefix)
         if report.failures:
-            if not report.retryable:
+            if not report.retryable or runner.budget_spent:
                 raise AirflowFailException(report.summary())
             raise BatchError(report)
         self.log.info(
-            "Stored %d image(s): %d generated, %d reused; billed images %d",
+            "Stored %d image(s): %d generated, %d reused; billed images %d%s%s",
             len(report.records),
             report.generated,
             report.reused,
             report.billed_images,
+            f"; {report.budget}" if report.budget else "",
+            f"; unknown outcomes accepted as lost: prompts {report.accepted_lost}" if report.accepted_lost else "",
         )
         return report.records
 
@@ -313,29 +363,49 @@ class SeedreamToS3Operator(BaseOperator):
             text = item.get("prompt")
             if not isinstance(text, str) or not text.strip():
                 raise SeedreamValidationError(field, f"must be a non-empty string, got {type(text).__name__} {text!r:.40}")
+            if _is_list_text(text):
+                raise SeedreamValidationError(
+                    field,
+                    f"is the text of a list ({text!r:.60}), which would be paid for as one prompt; pass a list "
+                    "(with a template, set render_template_as_native_obj=True on the DAG)",
+                )
             items.append(item)
         return items
 
     def _check_arguments(self) -> None:
+        """Read every argument that decides what is paid for; text such as ``"false"`` or ``"3"`` is parsed."""
+        from airflow_provider_seedream.arguments import as_flag, as_int, as_number
+        from airflow_provider_seedream.batch import RESOLUTIONS
         from airflow_provider_seedream.references import TRANSPORTS
 
         if not isinstance(self.s3_bucket, str) or not self.s3_bucket.strip():
             raise SeedreamValidationError("s3_bucket", "must name a bucket")
         if not isinstance(self.s3_prefix, str):
             raise SeedreamValidationError("s3_prefix", "must be a string")
-        if isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
-            raise SeedreamValidationError("max_concurrency", f"must be an integer of at least 1, got {self.max_concurrency!r}")
+        self.replace = as_flag("replace", self.replace)
+        self.max_concurrency = as_int("max_concurrency", self.max_concurrency, 1)
+        if self.prompt_index_offset is not None:
+            self.prompt_index_offset = as_int("prompt_index_offset", self.prompt_index_offset, 0)
+        if self.max_billed_images is not None:
+            self.max_billed_images = as_int("max_billed_images", self.max_billed_images, 1)
+        self.claim_wait_seconds = as_number("claim_wait_seconds", self.claim_wait_seconds, 0)
+        self.lease_seconds = as_number("lease_seconds", self.lease_seconds, 1)
         if self.reference_transport not in TRANSPORTS:
             raise SeedreamValidationError(
                 "reference_transport", f"must be one of {', '.join(TRANSPORTS)}; got {self.reference_transport!r}"
             )
-        budget = self.max_billed_images
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        if self.resolve_unknown in ("", "None"):
+            self.resolve_unknown = None  # a param left empty
+        if self.resolve_unknown is not None and self.resolve_unknown not in RESOLUTIONS:
             raise SeedreamValidationError(
-                "max_billed_images", f"must be a whole number of images of at least 1, or None; got {budget!r}"
+                "resolve_unknown", f"must be one of {', '.join(RESOLUTIONS)} or None; got {self.resolve_unknown!r}"
             )
         if not isinstance(self.extra_parameters, Mapping):
             raise SeedreamValidationError("extra_parameters", "must be a mapping of request fields")
+        if not isinstance(self.hook_params, Mapping) or set(self.hook_params) - HOOK_PARAMS:
+            unknown = sorted(set(self.hook_params) - HOOK_PARAMS) if isinstance(self.hook_params, Mapping) else self.hook_params
+            raise SeedreamValidationError("hook_params", f"unknown {unknown!r}; it may set {sorted(HOOK_PARAMS)}")
+        self.hook  # the hook reads its arguments now: text is parsed or refused, naming the field
 
     def _check_connections(self) -> None:
         from airflow.sdk import BaseHook
@@ -426,6 +496,20 @@ class SeedreamToS3Operator(BaseOperator):
             return f"map-{map_index:05d}/"
         return ""
 
+    def _owner(self, context: Context) -> Any:
+        """Who this try claims prompts as, in the spend ledger."""
+        from airflow_provider_seedream.ledger import Owner
+
+        ti = context.get("ti")
+        map_index = getattr(ti, "map_index", -1)
+        return Owner(
+            dag_id=str(getattr(self, "dag_id", None) or getattr(ti, "dag_id", "") or "dag"),
+            task_id=self.task_id,
+            run_id=str(self._run_id(context) or "manual"),
+            map_index=map_index if isinstance(map_index, int) else -1,
+            try_number=int(getattr(ti, "try_number", 1) or 1),
+        )
+
     @staticmethod
     def _run_id(context: Context) -> str | None:
         dag_run = context.get("dag_run")
@@ -470,6 +554,20 @@ class SeedreamToS3Operator(BaseOperator):
 
         prefix, keys = getattr(self, "_written", (None, []))
         return operator_lineage(self.s3_bucket, prefix, keys, references=s3_references(self.image, self.prompt))
+
+
+def _is_list_text(text: str) -> bool:
+    """Whether a prompt is a Python or JSON list rendered as text, such as ``"['a cat', 'a dog']"``."""
+    import ast
+
+    stripped = text.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return False
+    try:
+        value = ast.literal_eval(stripped)
+    except (ValueError, SyntaxError):
+        return False
+    return isinstance(value, list) and bool(value) and all(isinstance(item, (str, dict)) for item in value)
 
 
 def _is_prompt_text(value: Any, template_ext: Sequence[str]) -> bool:
