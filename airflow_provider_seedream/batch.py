@@ -455,7 +455,7 @@ class BatchRunner:
         if status in (states.CLAIMED, states.ANSWERED):
             if self.ledger.alive(owner):
                 return _Decision(_Action.WAIT, record, f"claimed by {owner.describe() if owner else 'an unknown owner'}")
-            if status == states.CLAIMED:
+            if status == states.CLAIMED or not same:
                 return self._dead_claim(job, record)
             if not record.linked_images:
                 return self._expired(job, record)
@@ -490,7 +490,7 @@ class BatchRunner:
 
     def _dead_claim(self, job: PromptJob, record: Record) -> _Decision:
         owner = record.owned_by
-        reason = f"claimed by {owner.describe() if owner else 'an unknown owner'}, which ended before recording an answer"
+        reason = f"left {record.status} by {owner.describe() if owner else 'an unknown owner'}, which ended before settling it"
         try:
             record = self.ledger.write(job.stem, states.UNKNOWN, reason=reason[:300])
         except LedgerConflict:
@@ -1089,6 +1089,7 @@ class BatchRunner:
         if status not in (states.ANSWERED, states.CLAIMED, states.UNKNOWN):
             return  # refused or released: already final
         linked = [entry for entry in progress.entries.values() if entry.get("url") and not entry.get("key")]
+        lost = [entry for entry in progress.entries.values() if entry.get("lost")]
         if unknown or status == states.UNKNOWN:
             self._write_record(job, states.UNKNOWN)
         elif progress.lost:
@@ -1097,11 +1098,11 @@ class BatchRunner:
             received = len(progress.received) or len(progress.entries)
             reason = f"the answer ended before it was whole: {received} of up to {job.requested_images} image(s) arrived"
             self._write_record(job, states.UNKNOWN, reason=reason)
-        elif linked and progress.keep_record:
-            self._write_record(job, states.ANSWERED)  # what was stored so far, and the links a retry stores
+        elif lost:
+            reason = f"{len(lost)} image(s) paid for could not be stored and their links cannot be used again: {lost[0]['lost']}"
+            self._write_record(job, states.UNKNOWN, reason=reason[:300])
         elif linked:
-            reason = f"{len(linked)} image(s) paid for could not be stored and their links cannot be used again"
-            self._write_record(job, states.UNKNOWN, reason=reason)
+            self._write_record(job, states.ANSWERED)  # what was stored so far, and the links a retry stores
         else:
             self._write_record(job, states.STORED, complete=True)
 
@@ -1138,6 +1139,9 @@ class BatchRunner:
             message = str(error)
             if not retryable and image.url and link_expiry(image.url) < time.time():
                 message += " (its link expired)"
+            if not retryable:  # its link cannot be used again: the paid image is lost, and the ledger says so
+                with self._changed:
+                    self._progress[job.index].entries[image.index] = {"index": image.index, "lost": message[:200]}
             self._fail(report, Failure.lost_image(job.index, image.index, "download", type(error).__name__, message, retryable=retryable))
             return None, retryable
         finally:

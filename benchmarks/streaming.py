@@ -78,8 +78,8 @@ class ArrivalWatch:
         for page in pages:
             for item in page.get("Contents", []):
                 key = item["Key"]
-                # The operator's pending-links records live under _pending/; only images count.
-                if "/_pending/" not in key:
+                # The spend ledger's records live under _ledger/; only images count.
+                if "/_ledger/" not in key:
                     self.first_seen.setdefault(key, seen_at)
 
     def _run(self) -> None:

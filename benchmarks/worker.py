@@ -254,6 +254,8 @@ def stored(prefix: str) -> tuple[int, int]:
     count = total = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=os.environ["BENCH_BUCKET"], Prefix=prefix + "/"):
         for item in page.get("Contents", []):
+            if "/_ledger/" in item["Key"]:
+                continue  # the spend ledger's records are not images
             count += 1
             total += int(item["Size"])
     return count, total

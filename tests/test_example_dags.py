@@ -53,7 +53,7 @@ def read(s3_client, bucket: str, key: str) -> bytes:
 
 def keys(s3_client, bucket: str, prefix: str) -> list[str]:
     pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []) if "/_ledger/" not in item["Key"])
 
 
 def assert_no_secret(text: str) -> None:

@@ -14,7 +14,7 @@ with DAG(
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
     render_template_as_native_obj=True,
-    params={"prompts": ["a red apple"], "bucket": "images", "prefix": "faults", "concurrency": 16},
+    params={"prompts": ["a red apple"], "bucket": "images", "prefix": "faults", "concurrency": 16, "resolve_unknown": None},
 ):
     SeedreamToS3Operator(
         task_id="generate",
@@ -23,6 +23,9 @@ with DAG(
         s3_prefix="{{ params.prefix }}",
         size="1K",
         max_concurrency=16,
+        resolve_unknown="{{ params.resolve_unknown }}",
+        # A killed try's claims are taken as dead 5 s after its last heartbeat.
+        lease_seconds=5,
         # A read timeout far above any answer on a loaded machine: lost answers come from scripted faults.
         hook_params={"retry_min_wait": 0.01, "retry_max_wait": 0.2, "max_retries": 8, "timeout": 60.0},
         retries=0,

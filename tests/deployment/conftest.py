@@ -79,7 +79,8 @@ class Tier:
 
     def keys(self, prefix: str) -> list[str]:
         pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+        # The spend ledger's records are not images.
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []) if "/_ledger/" not in item["Key"])
 
     def read(self, key: str) -> bytes:
         return self.s3().get_object(Bucket=self.bucket, Key=key)["Body"].read()

@@ -25,6 +25,18 @@ def objects(s3_client, bucket: str, prefix: str = "") -> dict[str, bytes]:
     return {
         item["Key"]: s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
         for item in listing.get("Contents", [])
+        if "_ledger/" not in item["Key"]
+    }
+
+
+def ledger(s3_client, bucket: str, prefix: str = "p") -> dict[str, dict]:
+    """The spend ledger's records under ``prefix``, by key stem."""
+    folder = f"{prefix}/_ledger/"
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=folder).get("Contents", [])
+    return {
+        item["Key"][len(folder):-len(".json")]: json.loads(s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+        for item in listing
+        if not item["Key"][len(folder):].startswith(("_owners/", "_budget/"))
     }
 
 
@@ -195,17 +207,17 @@ def test_task_log_reports_progress_retries_and_failures(seedream_emulator, s3_cl
     assert "AirflowFailException" in log, "a refused prompt fails the task without retries"
     assert "Seedream generation failed (HTTP 429 RequestBurstTooFast" in log
     assert "Seedream download failed" in log and ("truncated" in log or "broke after" in log)
-    [stored] = s3_client.list_objects_v2(Bucket=bucket, Prefix="batch/")["Contents"]
-    assert stored["Key"] == "batch/00000-00.jpg"
+    assert list(objects(s3_client, bucket, "batch/")) == ["batch/00000-00.jpg"]
 
 
 def test_a_retry_downloads_what_the_failed_attempt_paid_for(seedream_emulator, s3_client, bucket):
     seedream_emulator.configure(download_script=["500"] * 6)
     first = run_dag("seedream_test_batch", prompts=["a lighthouse at dawn"], bucket=bucket, prefix="p")
     assert first.state == "failed"
-    assert set(objects(s3_client, bucket)) == {"p/_pending/00000.json"}
-    pending = json.loads(objects(s3_client, bucket)["p/_pending/00000.json"])
-    assert [image["index"] for image in pending["images"]] == [0]
+    assert set(objects(s3_client, bucket)) == set()
+    record = ledger(s3_client, bucket)["00000"]
+    assert record["status"] == "answered" and [image["index"] for image in record["images"]] == [0]
+    assert record["images"][0]["url"] and not record["images"][0].get("key")
 
     second = run_dag("seedream_test_batch", prompts=["a lighthouse at dawn"], bucket=bucket, prefix="p")
     assert second.state == "success"
@@ -214,15 +226,23 @@ def test_a_retry_downloads_what_the_failed_attempt_paid_for(seedream_emulator, s
     stored = objects(s3_client, bucket)
     assert set(stored) == {"p/00000-00.jpg"}
     assert hashlib.sha256(stored["p/00000-00.jpg"]).hexdigest() in served_hashes(seedream_emulator)
+    assert ledger(s3_client, bucket)["00000"]["status"] == "stored"
 
 
-def test_pending_links_of_a_changed_prompt_or_a_stored_image_are_not_used(seedream_emulator, s3_client, bucket):
+def test_links_left_for_a_changed_prompt_are_not_used(seedream_emulator, s3_client, bucket):
     run_dag("seedream_test_batch", prompts=["a red barn", "a blue barn"], bucket=bucket, prefix="p")
-    stale = {"fingerprint": "0" * 64, "expires_at": 4102444800, "images": [{"index": 0, "url": "http://127.0.0.1:9/x"}]}
-    for index in (0, 1):
-        s3_client.put_object(Bucket=bucket, Key=f"p/_pending/{index:05d}.json", Body=json.dumps(stale).encode())
+    # A dead try of this task left paid links of another prompt under the second key.
+    key = "p/_ledger/00001.json"
+    record = json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    link = {"index": 0, "url": "http://127.0.0.1:9/x", "expires_at": 4102444800}
+    record.update(status="answered", fingerprint="0" * 64, images=[link])
+    record["owner"].update(token="dead", try_number=1)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode())
     seedream_emulator.reset()
     run = run_dag("seedream_test_batch", prompts=["a red barn", "a green barn"], bucket=bucket, prefix="p")
     assert run.state == "success"
     assert seedream_emulator.stats()["generation_requests"] == 1, "the changed prompt is generated, not resumed"
-    assert set(objects(s3_client, bucket)) == {"p/00000-00.jpg", "p/00001-00.jpg"}, "no pending link is left"
+    assert seedream_emulator.stats()["downloads"] == 1, "the other prompt's link is never fetched"
+    assert set(objects(s3_client, bucket)) == {"p/00000-00.jpg", "p/00001-00.jpg"}
+    statuses = {stem: item["status"] for stem, item in ledger(s3_client, bucket).items()}
+    assert statuses == {"00000": "stored", "00001": "stored"}

@@ -9,6 +9,7 @@ the service must see no generation request beyond one per prompt and the refused
 from __future__ import annotations
 
 import hashlib
+import collections
 import json
 import os
 
@@ -23,12 +24,26 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 PROMPTS = 300
 
 
+def ledger_states(s3_client, bucket: str) -> dict[str, str]:
+    """Key stem -> status of every prompt's record in the spend ledger."""
+    paginator = s3_client.get_paginator("list_objects_v2")
+    found = {}
+    for page in paginator.paginate(Bucket=bucket, Prefix="faults/_ledger/"):
+        for item in page.get("Contents", []):
+            stem = item["Key"].removeprefix("faults/_ledger/").removesuffix(".json")
+            if not stem.startswith(("_owners/", "_budget/")):
+                found[stem] = json.loads(s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())["status"]
+    return found
+
+
 def stored_objects(s3_client, bucket: str) -> dict[str, str]:
-    """Key -> sha256 of every object in the bucket, read back from S3."""
+    """Key -> sha256 of every image in the bucket, read back from S3."""
     paginator = s3_client.get_paginator("list_objects_v2")
     hashes = {}
     for page in paginator.paginate(Bucket=bucket):
         for item in page.get("Contents", []):
+            if "/_ledger/" in item["Key"]:
+                continue
             body = s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
             hashes[item["Key"]] = hashlib.sha256(body).hexdigest()
     return hashes
@@ -49,7 +64,7 @@ def test_faults_lose_nothing_paid_and_never_pay_twice_unasked(seedream_emulator,
         bill_abandoned=True,
     )
     prompts = [f"catalogue item {n}, studio light" for n in range(PROMPTS)]
-    run = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket)
+    run = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket, resolve_unknown=None)
     assert run.state == "failed", "requests whose answer was lost fail the task, without a retry"
 
     stats = quiet_stats(seedream_emulator)
@@ -57,8 +72,8 @@ def test_faults_lose_nothing_paid_and_never_pay_twice_unasked(seedream_emulator,
     lost = faults["reset"] + faults["502"] + faults["504"]
     retried = faults["429"] + faults["500"] + faults["503"]
     stored = stored_objects(s3_client, bucket)
-    images = {key: sha for key, sha in stored.items() if "/_pending/" not in key}
-    unknown = {key for key in stored if "/_pending/" in key}
+    images = stored
+    unknown = {stem for stem, status in ledger_states(s3_client, bucket).items() if status == "unknown"}
     answered = [image["sha256"] for image in seedream_emulator.images() if image["answered"]]
 
     assert min(faults["429"], faults["500"], faults["503"], faults["reset"], faults["truncate"], faults["download_500"]) > 0
@@ -71,12 +86,12 @@ def test_faults_lose_nothing_paid_and_never_pay_twice_unasked(seedream_emulator,
 
     # A rerun pays nothing more; with retry_unknown_outcome it sends exactly the lost ones again.
     seedream_emulator.reset()
-    again = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket)
+    again = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket, resolve_unknown=None)
     assert again.state == "failed" and quiet_stats(seedream_emulator)["generation_requests"] == 0
     connection = json.loads(os.environ["AIRFLOW_CONN_SEEDREAM_DEFAULT"])
     connection["extra"] = {"retry_unknown_outcome": True}
     monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_DEFAULT", json.dumps(connection))
-    resent = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket)
+    resent = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket, resolve_unknown=None)
     assert resent.state == "success"
     assert quiet_stats(seedream_emulator)["generation_requests"] == lost
     final = stored_objects(s3_client, bucket)
@@ -103,7 +118,7 @@ def test_faults_lose_nothing_paid_and_never_pay_twice_unasked(seedream_emulator,
 def test_dead_download_links_are_reported_and_regenerated_on_retry(seedream_emulator, s3_client, bucket):
     seedream_emulator.configure(rate_download_denied=0.05, rate_truncate=0.05, fault_seed=11)
     prompts = [f"poster {n}" for n in range(120)]
-    first = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket)
+    first = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket, resolve_unknown=None)
     assert first.state == "failed"
     stats = seedream_emulator.stats()
     denied = stats["faults"]["denied"]
@@ -112,10 +127,15 @@ def test_dead_download_links_are_reported_and_regenerated_on_retry(seedream_emul
     assert len(stored) == 120 - denied, "all but the images whose links died are stored"
     assert set(stored.values()) <= {image["sha256"] for image in seedream_emulator.images()}
 
+    lost = {stem for stem, status in ledger_states(s3_client, bucket).items() if status == "unknown"}
+    assert len(lost) == denied, "a paid image whose link died is recorded as lost, not forgotten"
+
     seedream_emulator.reset()
-    second = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket)
+    again = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket, resolve_unknown=None)
+    assert again.state == "failed" and seedream_emulator.stats()["generation_requests"] == 0, "never paid again unasked"
+    second = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket, resolve_unknown="retry")
     assert second.state == "success"
-    assert seedream_emulator.stats()["generation_requests"] == denied, "only the lost images are generated again"
+    assert seedream_emulator.stats()["generation_requests"] == denied, "asked to, only the lost images are generated again"
     after = stored_objects(s3_client, bucket)
     assert len(after) == 120
     assert all(after[key] == sha for key, sha in stored.items()), "stored images are untouched"

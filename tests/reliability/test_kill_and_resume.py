@@ -23,11 +23,23 @@ PROMPTS = 64
 
 
 def stored(s3_client, bucket: str) -> dict[str, str]:
-    listing = s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix="faults/").get("Contents", [])
     return {
         item["Key"]: hashlib.sha256(s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()).hexdigest()
         for item in listing
+        if "/_ledger/" not in item["Key"]
     }
+
+
+def ledger(s3_client, bucket: str) -> dict[str, str]:
+    """Key stem -> status of each prompt's record in the spend ledger."""
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix="faults/_ledger/").get("Contents", [])
+    found = {}
+    for item in listing:
+        stem = item["Key"].removeprefix("faults/_ledger/").removesuffix(".json")
+        if not stem.startswith(("_owners/", "_budget/")):
+            found[stem] = json.loads(s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())["status"]
+    return found
 
 
 def test_killed_batch_resumes_without_paying_again(seedream_emulator, s3_client, bucket):
@@ -52,35 +64,46 @@ def test_killed_batch_resumes_without_paying_again(seedream_emulator, s3_client,
     assert task.returncode == -signal.SIGKILL
 
     at_kill = quiet_stats(seedream_emulator)  # requests the killed task left behind are billed, then nothing more
-    paid_before_kill = at_kill["images_generated"]
-    everything = stored(s3_client, bucket)
-    before = {key: sha for key, sha in everything.items() if not key.startswith("faults/_pending/")}
-    pending = {int(key.rsplit("/", 1)[1].split(".")[0]) for key in everything if key.startswith("faults/_pending/")}
-    done = {int(key.rsplit("/", 1)[1].split("-")[0]) for key in before} | pending
+    before = stored(s3_client, bucket)
+    states = ledger(s3_client, bucket)
+    in_flight = {stem for stem, status in states.items() if status == "claimed"}
+    answered = {stem for stem, status in states.items() if status == "answered"}
     assert 0 < len(before) < PROMPTS
+    assert in_flight, "requests were in flight at the kill: their claims are in the ledger"
+    assert len(in_flight) <= 16, "at most max_concurrency claims are open"
 
+    # The next run stores what was paid for, sends what was never claimed, and sends no claim in flight at the kill.
     seedream_emulator.configure(latency=0.0)
-    run = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket)
-    assert run.state == "success"
-    after = stored(s3_client, bucket)
+    run = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket, resolve_unknown=None)
+    assert run.state == "failed", "requests in flight at the kill are unknown outcomes, reported"
     generated = seedream_emulator.stats()["generation_requests"] - at_kill["generation_requests"]
-    assert len(after) == PROMPTS, "every image is stored and no pending link is left"
-    assert generated == PROMPTS - len(done), "no image stored or paid for before the kill is generated again"
+    unclaimed = PROMPTS - len(states)
+    assert generated == unclaimed, "only prompts never claimed are sent: nothing in flight at the kill is sent again"
+    after = stored(s3_client, bucket)
     assert all(after[key] == sha for key, sha in before.items()), "stored images are untouched"
-    assert set(after.values()) <= {image["sha256"] for image in seedream_emulator.images()}
-    lost_in_flight = paid_before_kill - len(done)
-    assert lost_in_flight <= 16, "only requests in flight at the kill (at most max_concurrency) are lost"
+    assert {f"faults/{stem}-00.jpg" for stem in answered} <= set(after), "images paid for before the kill are stored"
+    unknown = {stem for stem, status in ledger(s3_client, bucket).items() if status == "unknown"}
+    assert unknown == in_flight, "exactly the claims of the killed try are unknown outcomes"
+
+    # Asked to, one run sends them again; every image is then stored.
+    resent = run_dag("seedream_test_faults", prompts=prompts, bucket=bucket, resolve_unknown="retry")
+    assert resent.state == "success"
+    sent = seedream_emulator.stats()["generation_requests"] - at_kill["generation_requests"] - generated
+    assert sent == len(in_flight)
+    assert len(stored(s3_client, bucket)) == PROMPTS
+    assert set(stored(s3_client, bucket).values()) <= {image["sha256"] for image in seedream_emulator.images()}
 
     FIGURES.append(
         "kill and resume: "
         + json.dumps(
             {
                 "prompts": PROMPTS,
-                "paid_before_kill": paid_before_kill,
+                "paid_before_kill": at_kill["images_generated"],
                 "stored_before_kill": len(before),
-                "links_pending_at_kill": len(pending),
-                "lost_in_flight": lost_in_flight,
+                "links_answered_at_kill": len(answered),
+                "claims_in_flight_at_kill": len(in_flight),
                 "generated_on_rerun": generated,
+                "resent_when_asked": sent,
             }
         )
     )

@@ -63,22 +63,31 @@ def objects(s3_client, bucket: str, prefix: str = "p/") -> dict[str, bytes]:
 
 
 def images(s3_client, bucket: str, prefix: str = "p/") -> list[str]:
-    return sorted(key for key in objects(s3_client, bucket, prefix) if "/_pending/" not in key)
+    return sorted(key for key in objects(s3_client, bucket, prefix) if "/_ledger/" not in key)
+
+
+def ledger(s3_client, bucket: str, prefix: str = "p/") -> dict[str, dict[str, Any]]:
+    """Every prompt's record in the spend ledger, by key stem."""
+    return {
+        key.rpartition("/_ledger/")[2].removesuffix(".json"): json.loads(body)
+        for key, body in objects(s3_client, bucket, prefix).items()
+        if "/_ledger/" in key and not key.rpartition("/_ledger/")[2].startswith(("_owners/", "_budget/"))
+    }
 
 
 def records(s3_client, bucket: str, prefix: str = "p/") -> dict[str, dict[str, Any]]:
-    return {
-        key.rpartition("/_pending/")[2].removesuffix(".json"): json.loads(body)
-        for key, body in objects(s3_client, bucket, prefix).items()
-        if "/_pending/" in key
-    }
+    """The ledger's open records: claims, paid links to store, unknown outcomes."""
+    open_states = ("claimed", "answered", "unknown")
+    return {stem: record for stem, record in ledger(s3_client, bucket, prefix).items() if record["status"] in open_states}
 
 
 def accounted(emulator, s3_client, bucket: str, prefix: str = "p/") -> tuple[int, int, int, int]:
     """Billed images, and where each went: stored, recorded with a link, or recorded as unknown."""
     stats = quiet_stats(emulator)
     pending = records(s3_client, bucket, prefix)
-    linked = sum(len(record.get("images") or []) for record in pending.values())
+    linked = sum(
+        1 for record in pending.values() for image in record.get("images") or [] if image.get("url") and not image.get("key")
+    )
     unknown = sum(record["requested_images"] for record in pending.values() if record["status"] == "unknown")
     return stats["images_generated"], len(images(s3_client, bucket, prefix)), linked, unknown
 
@@ -158,7 +167,7 @@ def test_an_unknown_outcome_is_recorded_and_never_sent_again_unasked(seedream_em
     )
 
     # A rerun (or a task retry) does not send them either.
-    with pytest.raises(AirflowFailException, match="earlier try sent it and its answer was lost"):
+    with pytest.raises(AirflowFailException, match="an earlier request's outcome is unknown"):
         execute(operator(bucket, prompts, max_concurrency=1), run_id="run-2")
     assert quiet_stats(seedream_emulator)["generation_requests"] == 6
 
@@ -225,7 +234,7 @@ def test_keyed_prompts_land_at_their_key_wherever_they_sit(seedream_emulator, s3
         ([{"prompt": "a", "key": "../escape"}], r"prompt\[0\]\.key: must be relative to s3_prefix"),
         ([{"prompt": "a", "key": "/abs"}], r"prompt\[0\]\.key: must be relative to s3_prefix"),
         ([{"prompt": "a", "key": "a b"}], r"prompt\[0\]\.key: may hold only letters"),
-        ([{"prompt": "a", "key": "_pending/x"}], r"prompt\[0\]\.key: must not start with _pending/"),
+        ([{"prompt": "a", "key": "_ledger/x"}], r"prompt\[0\]\.key: must not start with _ledger/"),
         ([{"prompt": "a", "key": 7}], r"prompt\[0\]\.key: must be a string"),
         ([{"prompt": "a", "key": "x"}, {"prompt": "b", "key": "x"}], r"prompt\[1\]\.key: 'x' is also the key of prompt\[0\]"),
         (["a", {"prompt": "b", "key": "00000"}], r"prompt\[1\]\.key: '00000' is also the key of prompt\[0\]"),
@@ -272,7 +281,9 @@ def test_the_budget_stops_the_batch_and_stores_what_was_paid(seedream_emulator, 
     assert len(not_sent) == 6
     output = capfd.readouterr()
     assert "Plan: 10 prompt(s): 0 already stored" in output.out + output.err
-    assert "at most 4 image(s) may be paid for (max_billed_images 4)" in output.out + output.err
+    assert "at most 10 image(s) may be paid for; budget 4 image(s) for this task in this run: 0 billed" in (
+        output.out + output.err
+    )
 
 
 def test_a_group_reserves_its_max_images_against_the_budget(seedream_emulator, s3_client, bucket):
@@ -291,7 +302,7 @@ def test_group_mode_needs_an_explicit_max_images(seedream_emulator, bucket):
 
 @pytest.mark.parametrize("budget", [0, -1, 2.5, True])
 def test_a_budget_that_cannot_work_is_refused(seedream_emulator, bucket, budget):
-    with pytest.raises(AirflowFailException, match="max_billed_images: must be a whole number of images of at least 1"):
+    with pytest.raises(AirflowFailException, match="max_billed_images: must be a whole number of at least 1"):
         execute(operator(bucket, ["a kite"], max_billed_images=budget))
     assert seedream_emulator.stats()["generation_requests"] == 0
 
