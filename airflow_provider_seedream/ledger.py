@@ -27,6 +27,7 @@ from the answer, so the cap holds across tries and map indexes of one DAG run.
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
@@ -147,7 +148,7 @@ def link_expiry(url: str, now: float | None = None) -> float:
             continue
         try:
             life = float(seconds)
-            start = time.mktime(time.strptime(signed, "%Y%m%dT%H%M%SZ")) - time.timezone if signed else None
+            start = calendar.timegm(time.strptime(signed, "%Y%m%dT%H%M%SZ")) if signed else None
         except (TypeError, ValueError):
             continue
         return (start if start is not None else (now or time.time())) + life

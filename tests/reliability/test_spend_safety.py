@@ -47,10 +47,12 @@ def operator(bucket: str, prompts: Any, **kwargs: Any) -> SeedreamToS3Operator:
     return SeedreamToS3Operator(**arguments)
 
 
-def execute(op: SeedreamToS3Operator, run_id: str = "run-1") -> list[dict[str, Any]]:
+def execute(op: SeedreamToS3Operator, run_id: str = "run-1", *, map_index: int = -1, try_number: int = 1) -> list[dict[str, Any]]:
     """Run ``execute`` as the task runner does, with the parts of the context the operator uses."""
     pushed: dict[str, Any] = {}
-    ti = SimpleNamespace(map_index=-1, xcom_push=lambda key, value, **_: pushed.__setitem__(key, value))
+    ti = SimpleNamespace(
+        map_index=map_index, try_number=try_number, xcom_push=lambda key, value, **_: pushed.__setitem__(key, value)
+    )
     return op.execute({"ti": ti, "dag_run": SimpleNamespace(run_id=run_id)})
 
 
