@@ -47,9 +47,13 @@ def outcome(process: subprocess.Popen[str]) -> dict[str, Any]:
 
 
 def test_overlapping_runs_over_the_same_keys_pay_once(seedream_emulator, s3_client, bucket):
-    seedream_emulator.configure(latency=0.5)
+    seedream_emulator.configure(latency=3.0)  # the first run takes 15 s: the second plans while it pays
     prompts = [{"prompt": f"a product shot {n}", "key": f"sku-{n}"} for n in range(10)]
-    first = spawn(bucket, prompts, "scheduled__1")
+    first = spawn(bucket, prompts, "scheduled__1", max_concurrency=2)
+    deadline = time.monotonic() + 60
+    while seedream_emulator.stats()["generation_requests"] < 1:  # the first run is paying
+        assert time.monotonic() < deadline, "the first run sent nothing"
+        time.sleep(0.05)
     second = spawn(bucket, prompts, "backfill__1")
     results = [outcome(first), outcome(second)]
     stats = quiet_stats(seedream_emulator)
@@ -130,7 +134,7 @@ def test_a_claim_held_by_a_live_process_is_waited_for_then_reused(seedream_emula
     seedream_emulator.configure(latency=2.0)
     process = spawn(bucket, [{"prompt": "a slow portrait", "key": "slow"}], "run-a")
     deadline = time.monotonic() + 30
-    while quiet_stats(seedream_emulator)["generation_requests"] < 1:
+    while seedream_emulator.stats()["generation_requests"] < 1:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     [stored] = execute(operator(bucket, [{"prompt": "a slow portrait", "key": "slow"}]), "run-b")
