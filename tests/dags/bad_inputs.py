@@ -48,7 +48,7 @@ BAD_INPUTS: dict[str, tuple[dict, str]] = {
     "no_such_bucket": ({"s3_bucket": "no-such-bucket-anywhere"}, "s3_bucket: bucket 'no-such-bucket-anywhere' does not exist"),
     "unknown_seedream_connection": ({"seedream_conn_id": "no_such_seedream"}, "seedream_conn_id: connection 'no_such_seedream' is not defined"),
     "unknown_aws_connection": ({"aws_conn_id": "no_such_aws"}, "aws_conn_id: connection 'no_such_aws' is not defined"),
-    "bad_concurrency": ({"max_concurrency": 0}, "max_concurrency: must be an integer of at least 1"),
+    "bad_concurrency": ({"max_concurrency": 0}, "max_concurrency: must be a whole number of at least 1"),
     "bad_transport": ({"reference_transport": "carrier_pigeon"}, "reference_transport: must be one of data_uri, presigned_url"),
     "bad_template": ({"prompt": "a {{ params.missing.attribute }} cat"}, "UndefinedError"),
     "missing_template_file": ({"prompt": "prompts/no_such_prompt.j2"}, "no_such_prompt.j2"),

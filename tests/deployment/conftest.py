@@ -82,6 +82,15 @@ class Tier:
         # The spend ledger's records are not images.
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []) if "/_ledger/" not in item["Key"])
 
+    def ledger(self, prefix: str) -> list[dict]:
+        """The spend ledger's records of prompts under ``prefix``."""
+        folder = f"{prefix.rstrip('/')}/_ledger/"
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
+        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        return [
+            json.loads(self.read(key)) for key in keys if not key[len(folder):].startswith(("_owners/", "_budget/"))
+        ]
+
     def read(self, key: str) -> bytes:
         return self.s3().get_object(Bucket=self.bucket, Key=key)["Body"].read()
 

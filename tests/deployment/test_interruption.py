@@ -59,7 +59,9 @@ class Outcome:
 
     @property
     def answered_images(self) -> int:
-        return sum(len(record.get("images") or []) for record in self.answered)
+        return sum(
+            1 for record in self.answered for image in record.get("images") or [] if image.get("url") and not image.get("key")
+        )
 
     @property
     def unknown_images(self) -> int:
@@ -75,14 +77,11 @@ class Outcome:
 
 
 def outcome(tier: Tier, prefix: str) -> Outcome:
-    stored, answered, unknown = [], [], []
-    for key in tier.keys(f"{prefix}/"):
-        if "/_pending/" not in key:
-            stored.append(key)
-            continue
-        record = json.loads(tier.read(key))
-        status = record.get("status", "answered" if record.get("images") else "unknown")
-        (answered if status == "answered" else unknown).append(record)
+    stored = tier.keys(f"{prefix}/")
+    answered, unknown = [], []
+    for record in tier.ledger(prefix):
+        if record["status"] in ("answered", "unknown", "claimed"):
+            (answered if record["status"] == "answered" else unknown).append(record)
     return Outcome(stored, answered, unknown, tier.interrupt_emulator.stats(), tier.interrupt_emulator.images())
 
 
@@ -147,7 +146,7 @@ def assert_stopped_and_accounted(tier: Tier, prefix: str, interrupted_at: float,
     if "billed_unanswered" in result.stats:
         assert unexplained <= result.stats["billed_unanswered"], result.describe()
     for record in result.answered:
-        assert all(image.get("url") for image in record["images"]), record
+        assert all(image.get("url") or image.get("key") for image in record["images"]), record
     return result
 
 
