@@ -314,7 +314,7 @@ def test_null_extras_from_the_connection_form_mean_the_defaults(seedream_emulato
 def test_a_bad_extra_names_itself(seedream_emulator, monkeypatch):
     conn = {"conn_type": "seedream", "host": seedream_emulator.url, "password": API_KEY, "extra": {"max_retries": "many"}}
     monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_BAD", json.dumps(conn))
-    with pytest.raises(SeedreamValidationError, match="extra 'max_retries': must be an integer or null, got 'many'"):
+    with pytest.raises(SeedreamValidationError, match="extra 'max_retries': must be a whole number, got 'many'"):
         SeedreamHook("seedream_bad").settings
 
 
