@@ -55,6 +55,7 @@ from airflow_provider_seedream.ledger import BudgetExhausted, LedgerConflict, Re
 from airflow_provider_seedream.references import Reference, Transport, resolve
 from airflow_provider_seedream.results import GeneratedImage, GenerationResult
 from airflow_provider_seedream.storage import StoredObject
+from airflow_provider_seedream.storage import client_error_code as _s3_code
 
 if TYPE_CHECKING:
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
@@ -363,7 +364,15 @@ class BatchRunner:
         self._states = {job.index: State.QUEUED for job in jobs}
         self._progress = {job.index: _Progress() for job in jobs}
         self.hook.on_rate_limited = lambda error: self.limit.throttled()
-        self.ledger.start_heartbeat()
+        try:
+            self.ledger.start_heartbeat()
+        except Exception as error:  # nothing can be claimed, so nothing is sent
+            code = getattr(error, "code", None) or _s3_code(error)
+            raise StorageError(
+                f"the spend ledger under s3://{self.store.bucket}/{self.store.prefix}/_ledger/ could not be written "
+                f"({type(error).__name__} {code or ''}): nothing was sent".replace(" )", ")"),
+                code,
+            ) from None
         try:
             return self._run(jobs, report)
         finally:

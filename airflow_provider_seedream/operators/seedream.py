@@ -276,6 +276,10 @@ class SeedreamToS3Operator(BaseOperator):
             report = runner.run(jobs)
         except BatchInterrupted as stopped:
             raise AirflowFailException(f"stopped by on_kill: {stopped}") from None
+        except StorageError as error:
+            if error.fatal:  # the ledger cannot be written: no retry can help until S3 is fixed
+                raise AirflowFailException(str(error)) from error
+            raise
         except BaseException as error:
             if runner.budget_spent:  # a timeout at the same moment must not buy a fresh try
                 raise AirflowFailException(f"{runner._stop_reason}; interrupted by {type(error).__name__}") from error
