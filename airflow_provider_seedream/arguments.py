@@ -22,34 +22,32 @@ def as_flag(field: str, value: Any) -> bool:
     raise SeedreamValidationError(field, f"must be true or false, got {value!r}")
 
 
+def _read(value: Any, convert: type) -> Any:
+    """``value`` as a number of ``convert``'s kind, from a number or its text; ``None`` when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            return convert(value.strip())
+        except ValueError:
+            return None
+    if convert is int and isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    return convert(value) if isinstance(value, (int, float)) else None
+
+
 def as_int(field: str, value: Any, minimum: int | None = None) -> int:
     """A whole number (or its text) of at least ``minimum``."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str):
-        try:
-            number = int(value.strip())
-        except ValueError:
-            number = None
-    bound = f" of at least {minimum}" if minimum is not None else ""
+    number = _read(value, int)
     if number is None or (minimum is not None and number < minimum):
+        bound = f" of at least {minimum}" if minimum is not None else ""
         raise SeedreamValidationError(field, f"must be a whole number{bound}, got {value!r}")
     return number
 
 
 def as_number(field: str, value: Any, minimum: float | None = None, *, exclusive: bool = False) -> float:
     """A number (or its text) above (``exclusive``) or at least ``minimum``."""
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
+    number = _read(value, float)
     too_small = minimum is not None and number is not None and (number <= minimum if exclusive else number < minimum)
     if number is None or number != number or too_small:
         bound = "" if minimum is None else f" {'above' if exclusive else 'of at least'} {minimum:g}"

@@ -54,8 +54,7 @@ from airflow_provider_seedream.exceptions import (
 from airflow_provider_seedream.ledger import BudgetExhausted, LedgerConflict, Record, link_expiry
 from airflow_provider_seedream.references import Reference, Transport, resolve
 from airflow_provider_seedream.results import GeneratedImage, GenerationResult
-from airflow_provider_seedream.storage import StoredObject
-from airflow_provider_seedream.storage import client_error_code as _s3_code
+from airflow_provider_seedream.storage import StoredObject, client_error_code
 
 if TYPE_CHECKING:
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
@@ -247,13 +246,11 @@ class _Progress:
 
     outstanding: int = 0
     complete: bool = True
-    keep_record: bool = False
     streamed: bool = False
     whole: bool = False  # the answer is all there is: a plain answer, or a stream that completed
     settled: bool = False
     lost: str = ""  # why paid images can no longer be stored (an expired link...)
     received: list[GeneratedImage] = field(default_factory=list)
-    stored: list[StoredObject] = field(default_factory=list)
     entries: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -367,10 +364,11 @@ class BatchRunner:
         try:
             self.ledger.start_heartbeat()
         except Exception as error:  # nothing can be claimed, so nothing is sent
-            code = getattr(error, "code", None) or _s3_code(error)
+            code = client_error_code(error)
+            cause = type(error).__name__ + (f" {code}" if code else "")
             raise StorageError(
                 f"the spend ledger under s3://{self.store.bucket}/{self.store.prefix}/_ledger/ could not be written "
-                f"({type(error).__name__} {code or ''}): nothing was sent".replace(" )", ")"),
+                f"({cause}): nothing was sent",
                 code,
             ) from None
         try:
@@ -573,7 +571,6 @@ class BatchRunner:
         progress = self._progress[job.index]
         progress.entries = {int(image["index"]): dict(image) for image in record.images}
         progress.whole = record.complete
-        progress.lost = ""
         if record.status == states.UNKNOWN:
             self._unknown_earlier(job, record, report)
             self._set_state(job, State.UNKNOWN)
@@ -923,8 +920,8 @@ class BatchRunner:
         if any(image.spool is not None for image in result.images):
             # Decoded b64_json images have no link to come back to: store them before the slot is freed.
             self._note(job, [image for image in result.images if not image.ok])
-            complete, keep, stored = self._store_answer(job, result, report)
-            self._release(job, report, complete=complete, keep_record=keep, stored=stored)
+            complete, stored = self._store_answer(job, result, report)
+            self._release(job, report, complete=complete, stored=stored)
             return
         # Recorded before the slot is freed, so an interruption loses no paid link.
         with self.ledger.lock(job.stem):
@@ -1041,26 +1038,25 @@ class BatchRunner:
         while (item := transfers.get()) is not None:
             job, result = item
             try:
-                complete, keep, stored = self._store_answer(job, result, report)
+                complete, stored = self._store_answer(job, result, report)
             except Exception as error:  # nothing may strand a prompt: report it and go on
                 self._fail(report, Failure(job.index, None, "upload", type(error).__name__, str(error)[:300], True))
-                complete, keep, stored = False, True, []
-            self._release(job, report, complete=complete, keep_record=keep, stored=stored)
+                complete, stored = False, []
+            self._release(job, report, complete=complete, stored=stored)
 
-    def _store_answer(self, job: PromptJob, result: GenerationResult, report: BatchReport) -> tuple[bool, bool, list[StoredObject]]:
-        """Store every image of one answer: whether all were, whether a link is worth keeping, what was stored."""
-        complete, keep_record, stored = True, False, []
+    def _store_answer(self, job: PromptJob, result: GenerationResult, report: BatchReport) -> tuple[bool, list[StoredObject]]:
+        """Store every image of one answer: whether all were, and what was stored."""
+        complete, stored = True, []
         for image in result.images:
             if not image.ok:
                 code, message = image.error_code or "Error", image.error_message or ""
                 self._fail(report, Failure.refused(job.index, code, message, retryable=False, image=image.index))
                 continue
-            item, worth_keeping = self._store(job, result, image, report)
+            item = self._store(job, result, image, report)
             complete &= item is not None
-            keep_record |= worth_keeping
             if item is not None:
                 stored.append(item)
-        return complete, keep_record, stored
+        return complete, stored
 
     def _release(
         self,
@@ -1068,15 +1064,12 @@ class BatchRunner:
         report: BatchReport,
         *,
         complete: bool = True,
-        keep_record: bool = False,
         stored: list[StoredObject] | None = None,
     ) -> None:
         """One part of a prompt's work is done; when it was the last, the prompt is finished and its record sealed."""
         with self._changed:
             progress = self._progress[job.index]
             progress.complete &= complete
-            progress.keep_record |= keep_record
-            progress.stored.extend(stored or [])
             for item in stored or []:
                 progress.entries[item.image_index] = {
                     "index": item.image_index, "key": item.key, "bucket": item.bucket, "bytes": item.bytes,
@@ -1117,8 +1110,8 @@ class BatchRunner:
 
     def _store(
         self, job: PromptJob, result: GenerationResult, image: GeneratedImage, report: BatchReport
-    ) -> tuple[StoredObject | None, bool]:
-        """Download and upload one image; what was stored, and whether its link is worth keeping."""
+    ) -> StoredObject | None:
+        """Download and upload one image; what was stored (``None``: its link stays in the ledger, or is lost)."""
         key = self.store.key_for(job.stem, image.index, job.extension)
         try:
             with tempfile.TemporaryFile(prefix="seedream-") as spool:
@@ -1142,7 +1135,7 @@ class BatchRunner:
                 self.stop(f"S3 answered {error.code}")
             code = error.code or "StorageError"
             self._fail(report, Failure.lost_image(job.index, image.index, "upload", code, str(error), retryable=True))
-            return None, True
+            return None
         except SeedreamError as error:
             retryable = bool(getattr(error, "retryable", False))
             message = str(error)
@@ -1152,7 +1145,7 @@ class BatchRunner:
                 with self._changed:
                     self._progress[job.index].entries[image.index] = {"index": image.index, "lost": message[:200]}
             self._fail(report, Failure.lost_image(job.index, image.index, "download", type(error).__name__, message, retryable=retryable))
-            return None, retryable
+            return None
         finally:
             if image.spool is not None:
                 image.spool[0].close()
@@ -1160,7 +1153,7 @@ class BatchRunner:
         with self._changed:
             report.generated += 1
             report.records.append(self._record(job, stored, reused=False))
-        return stored, False
+        return stored
 
     # -- bookkeeping -------------------------------------------------------------------------
 

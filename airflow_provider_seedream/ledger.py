@@ -36,7 +36,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -532,6 +532,3 @@ class Budget:
         left = max(0, self.limit - billed - held)
         return f"budget {self.limit} image(s) for this task in this run: {billed} billed, {held} held, {left} left"
 
-
-def images_of(entries: Iterable[dict[str, Any]]) -> list[int]:
-    return sorted(int(entry["index"]) for entry in entries)
