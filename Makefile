@@ -9,7 +9,7 @@ E2E_STAMP := $(VENV)/.installed-e2e
 E2E_SYSTEM_PACKAGES := redis-server chromium
 PYTEST_ARGS ?=
 
-.PHONY: install test e2e e2e-system demo bench clean
+.PHONY: install test e2e e2e-system demo bench mutants clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,5 +48,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# Mutation testing (mutmut, configured in setup.cfg): every mutant of the spend ledger and the
+# argument parser is run against their fast tests; the survivors are listed.
+mutants: $(STAMP)
+	$(BIN)/python -m pip install --quiet "mutmut==3.8.1"
+	$(BIN)/mutmut run
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) .airflow .demo tests/e2e/artifacts build *.egg-info
+	rm -rf $(VENV) .airflow .demo tests/e2e/artifacts build *.egg-info mutants

@@ -102,19 +102,10 @@ class Owner:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Owner | None:
-        if not isinstance(data, dict):
-            return None
+        """The owner a record names (written from an :class:`Owner`); ``None`` when it names none."""
         try:
-            return cls(
-                dag_id=str(data["dag_id"]),
-                task_id=str(data["task_id"]),
-                run_id=str(data["run_id"]),
-                map_index=int(data.get("map_index", -1)),
-                try_number=int(data.get("try_number", 1)),
-                token=str(data.get("token", "")),
-                host=str(data.get("host", "")),
-            )
-        except (KeyError, TypeError, ValueError):
+            return cls(**{name: data[name] for name in cls.__dataclass_fields__})  # type: ignore[index]
+        except (KeyError, TypeError):
             return None
 
     @property
@@ -474,13 +465,13 @@ class Budget:
             return json.loads(answer["Body"].read()), answer.get("ETag")
         except Exception as error:
             if client_error_code(error) in _MISSING_CODES:
-                return {"billed": 0, "holds": {}}, None
+                return {"billed": 0, "holds": {}}, None  # every state this class writes has both
             raise StorageError(f"the budget record could not be read: {type(error).__name__}", client_error_code(error)) from None
 
     @staticmethod
     def spent(state: dict[str, Any]) -> tuple[int, int]:
         """Images billed, and images held by requests in flight or of unknown outcome."""
-        return int(state.get("billed", 0)), sum(int(value) for value in (state.get("holds") or {}).values())
+        return int(state["billed"]), sum(int(value) for value in state["holds"].values())
 
     def _change(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         with self._lock:  # this process's changes one at a time; other processes by the etag
@@ -511,7 +502,7 @@ class Budget:
                     f"max_billed_images={self.limit} reached for this task in this DAG run: {billed} image(s) billed, "
                     f"{held} held by requests in flight or of unknown outcome, the next request may cost {images} more"
                 )
-            state.setdefault("holds", {})[f"{self.token}:{claim}"] = images
+            state["holds"][f"{self.token}:{claim}"] = images
 
         self._change(hold)
 
@@ -519,10 +510,10 @@ class Budget:
         """Replace ``claim``'s hold by what it was billed for; ``None`` (unknown) keeps it all."""
 
         def account(state: dict[str, Any]) -> None:
-            held = (state.get("holds") or {}).pop(f"{self.token}:{claim}", None)
+            held = state["holds"].pop(f"{self.token}:{claim}", None)
             if held is None:
                 return
-            state["billed"] = int(state.get("billed", 0)) + (int(held) if billed is None else int(billed))
+            state["billed"] = int(state["billed"]) + (int(held) if billed is None else int(billed))
 
         self._change(account)
 

@@ -1,0 +1,230 @@
+"""The ledger's records, leases and budget against moto's S3 server, one process, no DAG run.
+
+Fast enough to run under ``make mutants``: each promise of ``ledger.py`` has a check here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from airflow_provider_seedream.exceptions import StorageError
+from airflow_provider_seedream.ledger import (
+    Budget,
+    BudgetExhausted,
+    IllegalTransition,
+    Ledger,
+    LedgerConflict,
+    Owner,
+    Record,
+    link_expiry,
+)
+
+
+def owner(run: str = "run-1", try_number: int = 1, map_index: int = -1, task: str = "generate") -> Owner:
+    return Owner("dag", task, run, map_index=map_index, try_number=try_number)
+
+
+def test_a_claim_is_created_once_and_changed_only_by_its_etag(s3_client, bucket):
+    first, second = Ledger(s3_client, bucket, "p", owner()), Ledger(s3_client, bucket, "p", owner("run-2"))
+    assert first.load("sku") is None and second.load("sku") is None
+    first.write("sku", "claimed", fingerprint="f", requested_images=2)
+    with pytest.raises(LedgerConflict):
+        second.write("sku", "claimed", fingerprint="f")  # If-None-Match: * loses
+    record = second.load("sku")
+    assert record.status == "claimed" and record.requested_images == 2 and record.owned_by.run_id == "run-1"
+    first.write("sku", "answered", images=({"index": 0, "url": "https://x/a"},))
+    with pytest.raises(LedgerConflict):
+        second.write("sku", "unknown", reason="stale")  # If-Match on the etag it read loses
+    stored = json.loads(s3_client.get_object(Bucket=bucket, Key="p/_ledger/sku.json")["Body"].read())
+    assert stored["status"] == "answered" and stored["history"] == ["None->claimed", "claimed->answered"]
+
+
+@pytest.mark.parametrize(
+    ("path", "bad"),
+    [((), "stored"), ((), "answered"), (("claimed",), "claimed"), (("claimed", "answered"), "claimed"),
+     (("claimed", "answered", "stored"), "unknown"), (("claimed", "refused"), "stored")],
+)
+def test_changes_outside_the_diagram_raise(s3_client, bucket, path, bad):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    for status in path:
+        ledger.write("x", status, fingerprint="f")
+    with pytest.raises(IllegalTransition):
+        ledger.write("x", bad, fingerprint="f")
+
+
+def test_the_scan_lists_records_apart_from_images_owners_and_budgets(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    ledger.write("a/b", "claimed", fingerprint="f")
+    ledger.start_heartbeat()
+    try:
+        Budget.for_task(ledger, 5).reserve("a/b", 1)
+        s3_client.put_object(Bucket=bucket, Key="p/a/b-00.jpg", Body=b"x")
+        s3_client.put_object(Bucket=bucket, Key="other/c.json", Body=b"x")
+        assert ledger.scan() == ({"a/b"}, {"p/a/b-00.jpg"})
+    finally:
+        ledger.stop_heartbeat()
+
+
+def test_a_claim_s_owner_is_alive_while_it_heartbeats(s3_client, bucket):
+    mine = Ledger(s3_client, bucket, "p", owner(), lease_seconds=2)
+    other = Ledger(s3_client, bucket, "p", owner("run-2"), lease_seconds=2)
+    assert not mine.alive(other.owner), "no heartbeat: ended"
+    assert not mine.alive(None)
+    assert mine.alive(mine.owner)
+    other.start_heartbeat()
+    try:
+        assert mine.alive(other.owner)
+    finally:
+        other._stopped.set()  # it dies without leaving: its heartbeat goes stale
+    time.sleep(2.2)
+    assert not mine.alive(other.owner), "silent for the lease: dead"
+    other.stop_heartbeat()
+
+
+def test_an_earlier_try_of_the_same_task_instance_is_over(s3_client, bucket):
+    earlier = Ledger(s3_client, bucket, "p", owner(try_number=1))
+    earlier.start_heartbeat()
+    try:
+        later = Ledger(s3_client, bucket, "p", owner(try_number=2))
+        assert not later.alive(earlier.owner)
+        assert Ledger(s3_client, bucket, "p", owner(map_index=3, try_number=2)).alive(earlier.owner)
+        assert Ledger(s3_client, bucket, "p", owner("run-2", try_number=2)).alive(earlier.owner)
+    finally:
+        earlier.stop_heartbeat()
+
+
+def test_the_budget_is_shared_by_tries_and_map_indexes(s3_client, bucket):
+    tries = [Budget.for_task(Ledger(s3_client, bucket, "p", owner(map_index=n)), 3) for n in range(2)]
+    tries[0].reserve("a", 2)
+    with pytest.raises(BudgetExhausted, match="max_billed_images=3 reached .* 0 image\\(s\\) billed, 2 held"):
+        tries[1].reserve("b", 2)
+    tries[0].settle("a", 1)  # the answer billed 1 of the 2 held
+    tries[1].reserve("b", 2)
+    assert "1 billed, 2 held, 0 left" in tries[1].describe()
+    tries[1].settle("b", None)  # unknown outcome: all of the hold counts
+    tries[1].settle("b", 0)  # settled once
+    assert "3 billed, 0 held, 0 left" in tries[0].describe()
+    other_task = Budget.for_task(Ledger(s3_client, bucket, "p", owner(task="other")), 3)
+    other_task.reserve("a", 3)  # another task's budget is its own
+
+
+def test_a_record_knows_which_links_are_alive(s3_client):
+    now = time.time()
+    record = Record(
+        stem="s", status="answered", fingerprint="f", owner={},
+        images=(
+            {"index": 0, "url": "https://x/0", "expires_at": now + 3600},
+            {"index": 1, "url": "https://x/1", "expires_at": now + 60},  # inside the margin
+            {"index": 2, "key": "p/s-02.jpg"},
+        ),
+    )
+    assert [image["index"] for image in record.linked_images] == [0]
+    assert [image["index"] for image in record.expired_images] == [1]
+    assert [image["index"] for image in record.stored_images] == [2]
+    assert Record.from_json(record.to_json()) == record
+
+
+def test_a_link_s_expiry_is_read_from_the_link():
+    assert link_expiry("https://x/a?X-Tos-Date=20261204T010000Z&X-Tos-Expires=3600&X-Tos-Signature=s") == 1796349600.0
+    assert link_expiry("https://x/a?X-Amz-Date=20261204T010000Z&X-Amz-Expires=60") == 1796346060.0
+    assert link_expiry("https://x/a?Expires=1796346000") == 1796346000.0
+    assert link_expiry("https://x/a", now=100.0) == 100.0 + 24 * 3600
+
+
+def test_a_record_is_written_whole(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    before = time.time()
+    ledger.write("sku", "claimed", fingerprint="f" * 64, requested_images=3)
+    ledger.write("sku", "answered", images=({"index": 0, "url": "https://x/a", "expires_at": 5.0},), model="m")
+    record = Ledger(s3_client, bucket, "p", owner("run-2")).load("sku")
+    assert (record.stem, record.fingerprint, record.requested_images, record.model) == ("sku", "f" * 64, 3, "m")
+    assert record.images == ({"index": 0, "url": "https://x/a", "expires_at": 5.0},)
+    assert before <= record.at <= time.time()
+    assert record.owned_by == ledger.owner
+
+
+def test_a_record_deleted_under_a_writer_is_a_conflict(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    ledger.write("sku", "claimed", fingerprint="f")
+    s3_client.delete_object(Bucket=bucket, Key="p/_ledger/sku.json")
+    with pytest.raises(LedgerConflict):
+        ledger.write("sku", "answered")
+
+
+def test_a_refused_write_is_not_written(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    ledger.bucket = "no-such-bucket-for-the-ledger"
+    with pytest.raises(StorageError, match="was not written") as raised:
+        ledger.write("sku", "claimed", fingerprint="f")
+    assert not isinstance(raised.value, LedgerConflict) and raised.value.code == "NoSuchBucket"
+    assert ledger.cached("sku") is None
+
+
+def test_a_record_s3_refused_is_kept_on_this_machine(s3_client, bucket, tmp_path):
+    ledger = Ledger(s3_client, bucket, "p", owner(), local_root=str(tmp_path))
+    ledger.write("a/sku", "claimed", fingerprint="f")
+    path = ledger.keep_locally("a/sku", "answered", images=({"index": 0, "url": "https://x/a"},))
+    assert path == tmp_path / "seedream-ledger" / bucket / "p" / "a" / "sku.json"
+    again = Ledger(s3_client, bucket, "p", owner(try_number=2), local_root=str(tmp_path))
+    assert again.scan()[0] == {"a/sku"}
+    assert again.load("a/sku").status == "answered", "this machine's copy is the newer one"
+    again.write("a/sku", "stored")  # S3 takes it again: the local copy goes
+    assert not path.exists()
+
+
+def test_the_heartbeat_is_renewed_until_the_owner_leaves(s3_client, bucket):
+    live = Ledger(s3_client, bucket, "p", owner(), lease_seconds=1.2)
+    watcher = Ledger(s3_client, bucket, "p", owner("run-2"), lease_seconds=1.2)
+    live.start_heartbeat()
+    time.sleep(2.0)
+    assert watcher.alive(live.owner), "renewed every quarter of the lease"
+    live.stop_heartbeat()
+    assert not watcher.alive(live.owner)
+
+
+def test_the_same_try_in_another_process_is_not_taken_as_over(s3_client, bucket):
+    first = Ledger(s3_client, bucket, "p", owner(try_number=2))
+    first.start_heartbeat()
+    try:
+        assert Ledger(s3_client, bucket, "p", owner(try_number=2)).alive(first.owner)
+    finally:
+        first.stop_heartbeat()
+
+
+def test_budget_holds_from_concurrent_writers_all_count(s3_client, bucket):
+    import threading
+
+    budgets = [Budget.for_task(Ledger(s3_client, bucket, "p", owner(map_index=n)), 100) for n in range(4)]
+    threads = [
+        threading.Thread(target=lambda budget=budget: [budget.reserve(f"k{n}", 1) for n in range(5)]) for budget in budgets
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "0 billed, 20 held, 80 left" in budgets[0].describe(), "no hold is lost to a lost race"
+
+
+def test_an_owner_is_read_back_whole():
+    from dataclasses import asdict
+
+    me = owner(map_index=4, try_number=3)
+    assert Owner.from_dict(asdict(me)) == me
+    assert Owner.from_dict({"dag_id": "d"}) is None and Owner.from_dict(None) is None
+    assert me.describe() == f"dag.generate in run 'run-1' map index 4 (try 3, {me.host})"
+    assert me.same_task(owner("other-run")) and not me.same_task(owner(task="other"))
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("X-Amz-Expires=60", 160.0),  # no date: from now
+        ("X-Tos-Expires=soon&X-Amz-Date=20261204T010000Z&X-Amz-Expires=60", 1796346060.0),
+        ("Expires=later", 100.0 + 24 * 3600),
+    ],
+)
+def test_a_link_s_expiry_in_other_forms(query, expected):
+    assert link_expiry(f"https://x/a?{query}", now=100.0) == expected
