@@ -389,10 +389,11 @@ class BatchRunner:
             threading.Thread(target=self._transfer_worker, args=(transfers, report), daemon=True, name=f"seedream-transfer-{n}")
             for n in range(self.max_concurrency)
         ]
-        for thread in threads:
-            thread.start()
         try:
             try:
+                # Started inside the guard: a timeout that strikes while they start still stops them.
+                for thread in threads:
+                    thread.start()
                 self._wait(report)
             except BaseException as error:  # the execution timeout, a signal, anything the main thread raises
                 self.stop(f"interrupted by {type(error).__name__}", interrupt=True)
