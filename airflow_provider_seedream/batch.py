@@ -30,7 +30,6 @@ keeps the task's process alive.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import logging
 import queue
@@ -52,6 +51,7 @@ from airflow_provider_seedream.exceptions import (
     StorageError,
 )
 from airflow_provider_seedream.ledger import BudgetExhausted, LedgerConflict, Record, link_expiry
+from airflow_provider_seedream.planning import PromptJob
 from airflow_provider_seedream.references import Reference, Transport, resolve
 from airflow_provider_seedream.results import GeneratedImage, GenerationResult
 from airflow_provider_seedream.storage import StoredObject, client_error_code
@@ -61,8 +61,6 @@ if TYPE_CHECKING:
     from airflow_provider_seedream.ledger import Budget, Ledger
     from airflow_provider_seedream.storage import ImageStore
 
-# Fields that change how an image is delivered, not which image is made.
-DELIVERY_FIELDS = frozenset({"response_format", "stream"})
 # Answers after which no other request of the batch can succeed.
 ACCOUNT_STATUSES = frozenset({401, 403})
 PROGRESS_SECONDS = 10.0
@@ -90,38 +88,6 @@ class State(str, enum.Enum):
 
 
 FINAL_STATES = frozenset({State.STORED, State.FAILED, State.UNKNOWN, State.NOT_SENT})
-
-
-def fingerprint(body: dict[str, Any], references: list[Reference]) -> str:
-    """A stable digest of what decides the image: the body, with references by identity."""
-    decisive = {key: value for key, value in body.items() if key not in DELIVERY_FIELDS}
-    if references:
-        decisive["image"] = [reference.identity for reference in references]
-    canonical = json.dumps(decisive, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class PromptJob:
-    """One prompt, its validated request body and where its images go.
-
-    :param index: the prompt's index (its position, plus ``prompt_index_offset``).
-    :param stem: its key stem: its ``key``, or its index as ``00042``.
-    :param requested_images: the most images its request can be billed for.
-    """
-
-    index: int
-    prompt: str
-    body: dict[str, Any]
-    references: list[Reference]
-    fingerprint: str
-    extension: str
-    stem: str = ""
-    requested_images: int = 1
-
-    def __post_init__(self) -> None:
-        if not self.stem:
-            object.__setattr__(self, "stem", f"{self.index:05d}")
 
 
 @dataclass(frozen=True)
@@ -203,7 +169,8 @@ class BatchReport:
         lines = [
             f"{len(self.failures)} failure(s) in a batch of {self.total_prompts} prompt(s); "
             f"{self.generated} image(s) generated and stored, {self.reused} reused, "
-            f"{self.unknown_outcomes} outcome(s) unknown, {len(self.not_sent)} prompt(s) not sent. "
+            f"{self.unknown_outcomes} outcome(s) unknown, {len(self.not_sent)} prompt(s) not sent; "
+            f"{self.billed_images} image(s) billed by this try{f' ({self.budget})' if self.budget else ''}. "
             "Images already stored are kept: a retry generates only what is missing."
         ]
         if self.stop_reason:
@@ -626,15 +593,26 @@ class BatchRunner:
             while self._open and time.monotonic() < deadline:
                 self._changed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             abandoned = [index for index, state in self._states.items() if state is State.SENDING]
-        for index in abandoned:
-            self._abandon(index, report)
-        answered = sum(1 for state in self._states.values() if state is State.ANSWERED)
+        # Recorded in parallel and for at most another grace period: a hanging S3 does not hold the
+        # task. A record not written leaves the claim, whose dead owner makes it unknown all the same.
+        writers = [threading.Thread(target=self._abandon, args=(index, report), daemon=True) for index in abandoned]
+        for writer in writers:
+            writer.start()
+        deadline = time.monotonic() + self.grace_seconds
+        for writer in writers:
+            writer.join(max(0.0, deadline - time.monotonic()))
+        answered = [index for index, state in self._states.items() if state is State.ANSWERED]
+        local = sum(1 for index in answered if self._jobs[index].stem in self.ledger.kept_locally)
         self.log.warning(
-            "Stopped (%s): nothing more is sent; %d request(s) abandoned in flight (outcome unknown, recorded in the "
-            "ledger), %d answered prompt(s) not yet stored keep their links in the ledger for a retry",
+            "Stopped (%s): nothing more is sent; %d request(s) abandoned in flight (outcome unknown), %d answered "
+            "prompt(s) not yet stored keep their links for a retry: %d in the ledger in S3, %d only on this machine "
+            "(under %s; S3 did not take them)",
             self._stop_reason,
             len(abandoned),
-            answered,
+            len(answered),
+            len(answered) - local,
+            local,
+            self.ledger.local_folder,
         )
         report.stop_reason, report.stop_retryable = self._stop_reason, False
 
@@ -644,8 +622,8 @@ class BatchRunner:
             if self._states[index] is not State.SENDING:
                 return  # it answered meanwhile, and was recorded
             self._set_state(job, State.UNKNOWN)
+            self._fail(report, Failure.unknown_outcome(index, "the task stopped while it was in flight"))
             self._write_record(job, states.UNKNOWN, reason="abandoned in flight when the task stopped")
-        self._fail(report, Failure.unknown_outcome(index, "the task stopped while it was in flight"))
 
     def _finished(self, report: BatchReport) -> BatchReport:
         report.records.sort(key=lambda record: (record["prompt_index"], record["image_index"]))
@@ -895,6 +873,7 @@ class BatchRunner:
             self.log.error("Prompt %d: the ledger did not take its %s record: %s", job.index, status, error)
             if images and status in (states.ANSWERED, states.UNKNOWN) and current is not None:
                 path = self.ledger.keep_locally(job.stem, status, images=images, **changes)
+                self.log.error("Prompt %d: its paid links are kept at %s on this machine, for a retry here", job.index, path)
                 self.stop(
                     f"S3 did not take the ledger record of paid links; it is kept at {path} on this machine "
                     "and nothing more is sent, so that no more is paid for than can be stored"

@@ -248,6 +248,8 @@ class Ledger:
         self.local_folder = Path(root, "seedream-ledger", bucket, self.prefix or "_root")
         self._etags: dict[str, str | None] = {}
         self._records: dict[str, Record] = {}
+        #: Stems whose latest change S3 did not take, kept on this machine by :meth:`keep_locally`.
+        self.kept_locally: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._heartbeat: threading.Thread | None = None
@@ -389,6 +391,7 @@ class Ledger:
         partial.replace(path)
         with self._guard:
             self._records[stem] = record
+            self.kept_locally.add(stem)
         return path
 
     # -- leases -------------------------------------------------------------------------------

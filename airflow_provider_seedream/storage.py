@@ -89,9 +89,12 @@ def client_error_code(error: BaseException) -> str | None:
 
 
 def _upload_retryable(error: BaseException) -> bool:
+    from botocore.exceptions import HTTPClientError
+
     code = client_error_code(error)
     if code is None:
-        return not isinstance(error, (StorageError, ValueError, TypeError))
+        # A timeout or a broken connection was already retried by the client, within its bounds.
+        return not isinstance(error, (StorageError, ValueError, TypeError, HTTPClientError))
     return code in {"500", "502", "503", "504", "InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout"}
 
 

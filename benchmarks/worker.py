@@ -206,8 +206,42 @@ def run_emulator_probe(spec: dict[str, Any]) -> None:
         list(pool.map(one, prompts(spec["n"], spec["label"])))
 
 
+def run_threads(spec: dict[str, Any]) -> None:
+    """Bare threads: ``concurrency`` threads, each doing POST, GET and PUT per prompt, with no ledger.
+
+    What a careful user writes by hand: one pooled session, one S3 client, nothing recorded,
+    nothing reused. The operator's cost per image over this is the price of its promises.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    endpoint = os.environ["BENCH_EMULATOR_URL"] + "/v1/images/generations"
+    headers = {"Authorization": f"Bearer {os.environ['BENCH_API_KEY']}"}
+    bucket = os.environ["BENCH_BUCKET"]
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=spec["concurrency"]))
+    s3 = bench_s3_client()
+
+    def one(numbered: tuple[int, str]) -> None:
+        index, prompt = numbered
+        body: dict[str, Any] = {"model": MODEL, "prompt": prompt}
+        if spec.get("size"):
+            body["size"] = spec["size"]
+        response = session.post(endpoint, json=body, headers=headers, timeout=300)
+        response.raise_for_status()
+        image = session.get(response.json()["data"][0]["url"], timeout=120)
+        image.raise_for_status()
+        s3.put_object(Bucket=bucket, Key=f"{spec['prefix']}/{index:05d}.jpeg", Body=image.content, ContentType="image/jpeg")
+
+    with ThreadPoolExecutor(spec["concurrency"]) as pool:
+        list(pool.map(one, enumerate(prompts(spec["n"], spec["label"]))))
+
+
 MODES = {
     "operator": run_operator,
+    "threads": run_threads,
     "naive": run_naive,
     "http_to_s3": run_http_to_s3,
     "emulator_probe": run_emulator_probe,

@@ -309,7 +309,7 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
         caption=caption_of(prompt),
     )
     if body.get("stream"):
-        cut = state.draw_cut(count, model, digest, draw.attempt) if fault == "reset" else None
+        cut = state.draw_cut(count, model, digest, draw.attempt) if fault in ("reset", "stream_error") else None
         return GenerationStream(request, plan, fault, cut, config, state, cache, signer)
     return await _answer(request, plan, fault, config, state, cache, signer)
 
@@ -329,7 +329,7 @@ async def _answer(
     delay = sum(state.latency(*identity, index) for index in range(images))
     delay += config.slow_seconds if fault == "slow" else 0.0
     connected = await wait_while_connected(request, delay)
-    if connected and fault == "500":
+    if connected and fault in ("500", "stream_error"):
         return internal_service_error(plan.request_id)
     delivered = connected and fault not in UNANSWERED_FAULTS
     outcome: GenerationOutcome | None = None

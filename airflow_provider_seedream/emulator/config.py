@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Faults a generation script may name, applied in order to the next generation requests.
-GENERATION_FAULTS = ("ok", "429", "500", "503", "502", "504", "reset", "slow", "quota")
+GENERATION_FAULTS = ("ok", "429", "500", "503", "502", "504", "reset", "slow", "quota", "stream_error")
 #: Generation faults whose client never receives the answer although the model may have made
 #: the images: billed under ``bill_abandoned``.
 UNANSWERED_FAULTS = ("reset", "502", "504")
@@ -81,6 +81,8 @@ class EmulatorConfig:
     :param rate_reset: share of generation requests whose connection breaks mid-response, after
         the model made the images (billed under ``bill_abandoned``). A stream is cut after a drawn
         number of images: those before the cut arrived; the rest are billed under ``bill_abandoned``.
+    :param cut_after: how many images of a streamed group arrive before a ``reset`` cuts it or a
+        ``stream_error`` ends it (capped at the group's size minus one); ``None`` draws it.
     :param rate_slow: share of generation requests delayed by ``slow_seconds``.
     :param slow_seconds: the delay of a slow request.
     :param bill_abandoned: generate and bill the images of a request whose answer never reaches
@@ -101,7 +103,9 @@ class EmulatorConfig:
     :param reference_timeout: seconds allowed to fetch one reference image.
     :param fault_seed: seed of the random fault choices, for reproducible runs.
     :param script: faults applied in order to the next generation requests, before any random one
-        (``ok``, ``429``, ``500``, ``503``, ``502``, ``504``, ``reset``, ``slow``, ``quota``).
+        (``ok``, ``429``, ``500``, ``503``, ``502``, ``504``, ``reset``, ``slow``, ``quota``,
+        ``stream_error``: a stream that ends in an ``error`` event after a drawn number of images,
+        those images billed; answered as ``500`` without streaming).
     :param download_script: faults applied in order to the next downloads
         (``ok``, ``truncate``, ``500``, ``denied``).
     """
@@ -120,6 +124,7 @@ class EmulatorConfig:
     rate_502: float = 0.0
     rate_504: float = 0.0
     rate_reset: float = 0.0
+    cut_after: int | None = None
     rate_slow: float = 0.0
     slow_seconds: float = 30.0
     bill_abandoned: bool = True
@@ -168,6 +173,10 @@ class EmulatorConfig:
             raise ValueError("api_key must be a string or null")
         if self.api_key == "":
             self.api_key = None
+        if self.cut_after is not None and (
+            isinstance(self.cut_after, bool) or not isinstance(self.cut_after, int) or self.cut_after < 0
+        ):
+            raise ValueError(f"cut_after must be a whole number of images from 0, or null to draw it; got {self.cut_after!r}")
         if self.fault_seed is not None and (isinstance(self.fault_seed, bool) or not isinstance(self.fault_seed, int)):
             raise ValueError(f"fault_seed must be an integer or null, got {self.fault_seed!r}")
         for name, allowed in _SCRIPTS.items():

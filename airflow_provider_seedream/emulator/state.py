@@ -28,6 +28,7 @@ FAULT_KEYS = (
     "502",
     "504",
     "reset",
+    "stream_error",
     "slow",
     "truncate",
     "download_500",
@@ -283,14 +284,17 @@ class EmulatorState:
             return {index for index in range(count) if self._draw("item", *identity, index) < rate}
 
     def draw_cut(self, count: int, *identity: object) -> int:
-        """Return after how many of ``count`` images a ``reset`` cuts a stream: 0 to ``count - 1``.
+        """Return after how many of ``count`` images a ``reset`` or ``stream_error`` cuts a stream: 0 to ``count - 1``.
+
+        The ``cut_after`` knob fixes it (capped at ``count - 1``); else it is drawn.
 
         :param identity: what names the request (model, prompt digest, attempt), so a seeded
             run cuts the same stream at the same place every time.
         """
         with self._lock:
             draw = self._draw("cut", *identity)
-        return min(count - 1, int(draw * count))
+            fixed = self._config.cut_after
+        return min(count - 1, fixed if fixed is not None else int(draw * count))
 
     def enter_generation(self) -> None:
         """Count a generation request, and count it in flight (pair with :meth:`leave_generation`).

@@ -32,6 +32,10 @@ Timing and answers, for a request that passed every check (those still answer pl
   the next one (its ``event:`` line and the start of its ``data:`` line, no URL), then the
   connection closes without the chunked body's end. The images from ``k`` on are made and billed
   at once, unanswered, under ``bill_abandoned``, and not at all otherwise;
+* ``stream_error`` ends the stream after a drawn number of images ``k`` (drawn as for ``reset``):
+  the first ``k`` events arrive whole and are billed, then an ``error`` event
+  (``{"type": "error", "error": {"code": "InternalServiceError", ...}}``) and ``[DONE]``; the model
+  makes nothing more;
 * a client that leaves mid-stream has received the events sent before; the images not yet made
   are made and billed at once, unanswered, under ``bill_abandoned``, and not at all otherwise.
 """
@@ -62,6 +66,7 @@ EVENT_STREAM = "text/event-stream"
 SUCCEEDED = "image_generation.partial_succeeded"
 FAILED = "image_generation.partial_failed"
 COMPLETED = "image_generation.completed"
+ERROR = "error"
 DONE = b"data: [DONE]\n\n"
 _DISCONNECT_POLL_SECONDS = 0.1
 # Work that goes on after its connection was cut: kept here so it is not collected mid-way.
@@ -105,7 +110,8 @@ class GenerationStream(Response):
     :param request: the request, to notice a client that leaves.
     :param plan: what to make.
     :param fault: the fault decided for the request.
-    :param cut: under ``reset``, how many images arrive before the stream is cut; else ``None``.
+    :param cut: under ``reset`` or ``stream_error``, how many images arrive before the stream is
+        cut or fails; else ``None``.
     :param config: the knobs when the request arrived.
     :param state: where images and counters go.
     :param cache: where image bands are kept.
@@ -173,6 +179,14 @@ class GenerationStream(Response):
                 connected = await wait_while_connected(self._request, state.latency(*identity, index))
                 if not connected:
                     break
+            if index == self._cut and fault == "stream_error":
+                if not started:
+                    await self._start(send)
+                error = {"type": ERROR, "error": {"code": "InternalServiceError", "message": (
+                    f"The service encountered an unexpected internal error. Request id: {plan.request_id}")}}
+                await send({"type": "http.response.body", "body": encode_event(error) + DONE, "more_body": False})
+                state.count_status("generation_status", 200)
+                return False
             if index == self._cut:
                 if not started:
                     await self._start(send)

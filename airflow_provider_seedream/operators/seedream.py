@@ -13,29 +13,9 @@ from airflow_provider_seedream.links import SeedreamImagesLink
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk import Context
-    from airflow_provider_seedream.batch import BatchReport, BatchRunner, PromptJob
+    from airflow_provider_seedream.batch import BatchReport, BatchRunner
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
-    from airflow_provider_seedream.references import Reference
 
-# Request fields the operator takes as arguments, under their API names.
-GENERATION_FIELDS = (
-    "model",
-    "size",
-    "response_format",
-    "watermark",
-    "guidance_scale",
-    "seed",
-    "sequential_image_generation",
-    "sequential_image_generation_options",
-    "output_format",
-    "optimize_prompt_options",
-    "tools",
-    "layer_decomposition",
-    "stream",
-)
-# Fields a prompt given as a mapping may override for itself.
-PROMPT_ITEM_FIELDS = frozenset(GENERATION_FIELDS) | {"image", "extra_parameters", "key"}
-REFERENCE_STAND_IN = "https://reference.invalid/{}"
 # The hook's arguments ``hook_params`` may set.
 HOOK_PARAMS = frozenset(
     {"timeout", "connect_timeout", "max_retries", "retry_unknown_outcome", "retry_min_wait", "retry_max_wait",
@@ -212,37 +192,50 @@ class SeedreamToS3Operator(BaseOperator):
 
     @cached_property
     def s3_hook(self) -> S3Hook:
-        """The amazon provider's S3 hook, its connection pool sized for ``max_concurrency``."""
+        """The amazon provider's S3 hook, its connection pool sized for ``max_concurrency``.
+
+        Every call is bounded (``S3_CONNECT_TIMEOUT``, ``S3_READ_TIMEOUT``, 3 attempts) unless the
+        connection's ``config_kwargs`` extra sets its own bounds.
+        """
         from botocore.config import Config
 
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        base = S3Hook(aws_conn_id=self.aws_conn_id).conn_config.botocore_config or Config()
-        pool = Config(
-            max_pool_connections=max(10, 2 * self.max_concurrency),
+        bounds = Config(
             connect_timeout=S3_CONNECT_TIMEOUT,
             read_timeout=S3_READ_TIMEOUT,
             retries={"max_attempts": 3, "mode": "standard"},
         )
-        return S3Hook(aws_conn_id=self.aws_conn_id, config=base.merge(pool))
+        configured = S3Hook(aws_conn_id=self.aws_conn_id).conn_config.botocore_config
+        config = bounds.merge(configured) if configured is not None else bounds
+        pool = Config(max_pool_connections=max(10, 2 * self.max_concurrency))
+        return S3Hook(aws_conn_id=self.aws_conn_id, config=config.merge(pool))
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from airflow.sdk.exceptions import AirflowFailException
         from airflow_provider_seedream.batch import BatchError, BatchInterrupted, BatchRunner
         from airflow_provider_seedream.ledger import Budget, Ledger
+        from airflow_provider_seedream.planning import GENERATION_FIELDS, RequestPlanner, prompt_items, unkeyed_folder
         from airflow_provider_seedream.references import check_references
         from airflow_provider_seedream.storage import ImageStore, StorageError
 
         try:
             # Everything here is checked before any money is spent; a retry would fail the same way.
             self._check_arguments()
-            items = self._prompt_items()
+            items = prompt_items(self.prompt)
             self._check_connections()
             client = self.s3_hook.conn
             store = ImageStore(client, self.s3_bucket, self.s3_prefix, run_id=self._run_id(context))
-            shared = check_references(self.image, client, "image")  # read once for every prompt
-            jobs = [self._job(position, item, client, shared, context) for position, item in enumerate(items)]
-            self._check_stems(jobs)
+            planner = RequestPlanner(
+                self.hook,
+                parameters={name: getattr(self, name) for name in GENERATION_FIELDS},
+                extra_parameters=self.extra_parameters,
+                shared_references=check_references(self.image, client, "image"),  # read once for every prompt
+                s3_client=client,
+                index_offset=self.prompt_index_offset or 0,
+                folder=unkeyed_folder(getattr(context.get("ti"), "map_index", -1), self.prompt_index_offset),
+            )
+            jobs = planner.plan(items)
             store.check_bucket()
         except SeedreamValidationError as error:
             raise AirflowFailException(str(error)) from error
@@ -349,33 +342,6 @@ class SeedreamToS3Operator(BaseOperator):
 
     # -- checks done before any request is sent ----------------------------------------------
 
-    def _prompt_items(self) -> list[dict[str, Any]]:
-        prompts = self.prompt
-        if isinstance(prompts, (str, Mapping)):
-            prompts = [prompts]
-        if not isinstance(prompts, Sequence) or not prompts:
-            raise SeedreamValidationError("prompt", "must be a non-empty string or a non-empty list of prompts")
-        items = []
-        for position, prompt in enumerate(prompts):
-            field = f"prompt[{position}]"
-            item = dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
-            unknown = set(item) - PROMPT_ITEM_FIELDS - {"prompt"}
-            if unknown:
-                raise SeedreamValidationError(
-                    field, f"unknown keys {sorted(unknown)}; a prompt mapping may hold 'prompt' and {sorted(PROMPT_ITEM_FIELDS)}"
-                )
-            text = item.get("prompt")
-            if not isinstance(text, str) or not text.strip():
-                raise SeedreamValidationError(field, f"must be a non-empty string, got {type(text).__name__} {text!r:.40}")
-            if _is_list_text(text):
-                raise SeedreamValidationError(
-                    field,
-                    f"is the text of a list ({text!r:.60}), which would be paid for as one prompt; pass a list "
-                    "(with a template, set render_template_as_native_obj=True on the DAG)",
-                )
-            items.append(item)
-        return items
-
     def _check_arguments(self) -> None:
         """Read every argument that decides what is paid for; text such as ``"false"`` or ``"3"`` is parsed."""
         from airflow_provider_seedream.arguments import as_flag, as_int, as_number
@@ -428,77 +394,6 @@ class SeedreamToS3Operator(BaseOperator):
                 raise SeedreamValidationError(
                     "aws_conn_id", f"connection {self.aws_conn_id!r} is not defined; create an 'aws' connection"
                 ) from None
-
-    def _job(
-        self, position: int, item: dict[str, Any], client: Any, shared: list[Reference], context: Context
-    ) -> PromptJob:
-        from airflow_provider_seedream.batch import PromptJob, fingerprint
-        from airflow_provider_seedream.references import check_references
-        from airflow_provider_seedream.storage import check_stem, image_extension
-        from airflow_provider_seedream.validation import requested_image_count
-
-        index = (self.prompt_index_offset or 0) + position
-        parameters: dict[str, Any] = {name: getattr(self, name) for name in GENERATION_FIELDS}
-        parameters.update(self.extra_parameters)
-        parameters.update(
-            {key: value for key, value in item.items() if key not in ("prompt", "image", "extra_parameters", "key")}
-        )
-        parameters.update(item.get("extra_parameters") or {})
-        references = check_references(item["image"], client, f"prompt[{position}].image") if "image" in item else shared
-        if references:
-            # Validate the count and form now; local and s3:// images are read when the prompt is sent.
-            parameters["image"] = [
-                reference.source if reference.kind in ("url", "data_uri") else REFERENCE_STAND_IN.format(n)
-                for n, reference in enumerate(references)
-            ]
-        try:
-            body = self.hook.build_request(item["prompt"], **parameters)
-        except SeedreamValidationError as error:
-            raise SeedreamValidationError(error.field, f"{error.message} (prompt {index})") from None
-        if body.get("sequential_image_generation") == "auto" and "max_images" not in (
-            body.get("sequential_image_generation_options") or {}
-        ):
-            raise SeedreamValidationError(
-                "sequential_image_generation_options.max_images",
-                f"is required when sequential_image_generation is 'auto': 1 to 15 images per prompt; without it "
-                f"the service may make and bill up to 15 (prompt {index})",
-            )
-        if "key" in item:
-            stem = item["key"]
-            problem = check_stem(stem) if isinstance(stem, str) else "must be a string"
-            if problem:
-                raise SeedreamValidationError(f"prompt[{position}].key", f"{problem}; got {stem!r}")
-        else:
-            stem = self._map_folder(context) + f"{index:05d}"
-        body.pop("image", None)
-        return PromptJob(
-            index=index,
-            prompt=item["prompt"],
-            body=body,
-            references=references,
-            fingerprint=fingerprint(body, references),
-            extension=image_extension(body.get("output_format"), str(body.get("model"))),
-            stem=stem,
-            requested_images=requested_image_count(body),
-        )
-
-    @staticmethod
-    def _check_stems(jobs: list[PromptJob]) -> None:
-        seen: dict[str, int] = {}
-        for position, job in enumerate(jobs):
-            if job.stem in seen:
-                raise SeedreamValidationError(
-                    f"prompt[{position}].key",
-                    f"{job.stem!r} is also the key of prompt[{seen[job.stem]}]; keys must be unique within the task",
-                )
-            seen[job.stem] = position
-
-    def _map_folder(self, context: Context) -> str:
-        """A mapped task instance without ``prompt_index_offset`` keeps its unkeyed images apart."""
-        map_index = getattr(context.get("ti"), "map_index", -1)
-        if map_index is not None and map_index >= 0 and self.prompt_index_offset is None:
-            return f"map-{map_index:05d}/"
-        return ""
 
     def _owner(self, context: Context) -> Any:
         """Who this try claims prompts as, in the spend ledger."""
@@ -558,20 +453,6 @@ class SeedreamToS3Operator(BaseOperator):
 
         prefix, keys = getattr(self, "_written", (None, []))
         return operator_lineage(self.s3_bucket, prefix, keys, references=s3_references(self.image, self.prompt))
-
-
-def _is_list_text(text: str) -> bool:
-    """Whether a prompt is a Python or JSON list rendered as text, such as ``"['a cat', 'a dog']"``."""
-    import ast
-
-    stripped = text.strip()
-    if not (stripped.startswith("[") and stripped.endswith("]")):
-        return False
-    try:
-        value = ast.literal_eval(stripped)
-    except (ValueError, SyntaxError):
-        return False
-    return isinstance(value, list) and bool(value) and all(isinstance(item, (str, dict)) for item in value)
 
 
 def _is_prompt_text(value: Any, template_ext: Sequence[str]) -> bool:

@@ -225,6 +225,35 @@ def test_reset_cuts_the_stream_after_some_images(emulator: EmulatorServer, bill_
     assert received_ids == {record["id"] for record in records if record["answered"]}
 
 
+def test_a_stream_error_ends_the_group_after_the_images_it_delivered(emulator: EmulatorServer) -> None:
+    emulator.configure(script=["stream_error"], cut_after=2, latency=0.05)
+    received = read_all(stream(emulator, **group(5)))
+
+    assert [event.name for event in received] == [SUCCEEDED, SUCCEEDED, "error", None]
+    assert received[-1].data == "[DONE]"
+    error = received[2].json()
+    assert error["type"] == "error" and error["error"]["code"] == "InternalServiceError"
+    assert "Request id:" in error["error"]["message"]
+    stats = settled_stats(emulator, requests_sent=1)
+    assert stats["faults"]["stream_error"] == 1
+    assert stats["images_generated"] == 2, "the two images delivered are billed, and nothing after the error"
+    assert stats["billed_unanswered"] == 0
+    assert [record["answered"] for record in emulator.images()] == [True, True]
+
+
+def test_cut_after_fixes_where_a_reset_cuts(emulator: EmulatorServer) -> None:
+    emulator.configure(script=["reset", "reset"], cut_after=3, latency=0.0)
+    assert [len(_cut_stream(emulator, 6)[0]), len(_cut_stream(emulator, 2)[0])] == [3, 1], "capped at the group minus one"
+    settled_stats(emulator, requests_sent=2)
+
+
+def test_a_stream_error_without_streaming_answers_500(emulator: EmulatorServer) -> None:
+    emulator.configure(script=["stream_error"])
+    response = generate(emulator)
+    assert response.status_code == 500 and response.json()["error"]["code"] == "InternalServiceError"
+    assert settled_stats(emulator, requests_sent=1)["images_generated"] == 0
+
+
 def test_a_seed_cuts_streams_at_the_same_place(emulator: EmulatorServer) -> None:
     def cuts() -> list[int]:
         emulator.reset()

@@ -1,7 +1,8 @@
 """One try of a SeedreamToS3Operator task in a process of its own, as a worker runs it.
 
 Run as ``python task_process.py '<json>'`` with the operator's arguments and the try's
-``run_id``, ``map_index`` and ``try_number``; prints one JSON line: what it stored, or its error.
+``run_id``, ``map_index``, ``try_number`` and, optionally, ``execution_timeout`` (seconds, enforced
+as the task runner does); prints one JSON line: what it stored, or its error.
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ def main() -> None:
     ti = SimpleNamespace(
         map_index=context.get("map_index", -1), try_number=context.get("try_number", 1), xcom_push=lambda *a, **k: None
     )
+    from contextlib import nullcontext
+
+    from airflow.sdk.execution_time.timeout import timeout
+
+    limit = context.get("execution_timeout")
     try:
-        records = operator.execute({"ti": ti, "dag_run": SimpleNamespace(run_id=context["run_id"])})
+        with timeout(limit) if limit else nullcontext():
+            records = operator.execute({"ti": ti, "dag_run": SimpleNamespace(run_id=context["run_id"])})
     except BaseException as error:  # noqa: BLE001 - reported to the test, which asserts on it
         print(json.dumps({"error": type(error).__name__, "message": str(error)[:4000]}), flush=True)
         sys.exit(1)

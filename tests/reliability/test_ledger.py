@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_provider_seedream.ledger import TRANSITIONS, IllegalTransition, Ledger, Owner, link_expiry
 from tests.conftest import FIGURES
 from tests.emulator.support import quiet_stats
-from tests.reliability.test_spend_safety import FAST, execute, images, ledger, operator
+from tests.reliability.test_spend_safety import FAST, execute, images, ledger, objects, operator
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -108,6 +108,30 @@ def test_the_budget_holds_across_map_indexes(seedream_emulator, s3_client, bucke
         except AirflowFailException as error:
             assert "max_billed_images=3 reached for this task in this DAG run" in str(error)
     assert quiet_stats(seedream_emulator)["images_generated"] == 3, "4 map indexes share the task's budget of 3"
+
+
+def test_a_stream_ending_in_an_error_counts_every_image_it_delivered(seedream_emulator, s3_client, bucket):
+    # Each group of 3 delivers 2 images, then the service sends an error event instead of usage.
+    seedream_emulator.configure(script=["stream_error"] * 6, cut_after=2)
+    group = {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}, "stream": True}
+    prompts = [f"a streamed set {n}" for n in range(6)]
+    with pytest.raises(AirflowFailException, match="max_billed_images=6 reached") as failed:
+        execute(operator(bucket, prompts, max_billed_images=6, max_concurrency=1, **group))
+    stats = quiet_stats(seedream_emulator)
+
+    assert stats["images_generated"] == 4, "2 groups of 2 billed; a third group could bill 3 more than the 2 left"
+    assert stats["generation_requests"] == 2
+    assert len(images(s3_client, bucket)) == 4, "every image delivered before the error is stored"
+    budget = next(json.loads(body) for key, body in objects(s3_client, bucket).items() if "/_budget/" in key)
+    assert budget["billed"] == 4 and not budget["holds"], "the budget counts the delivered images, not the usage never sent"
+    message = str(failed.value)
+    assert "4 image(s) billed by this try" in message and "InternalServiceError" in message
+    recorded = ledger(s3_client, bucket)
+    for stem in ("00000", "00001"):  # whether the third image was made, the service did not say
+        assert recorded[stem]["status"] == "unknown"
+        assert recorded[stem]["reason"] == "the stream failed after 2 image(s): InternalServiceError"
+        assert [image["index"] for image in recorded[stem]["images"] if "key" in image] == [0, 1]
+    assert recorded["00002"]["status"] == "released", "refused by the budget before it was sent"
 
 
 def test_a_link_that_expired_is_reported_and_never_paid_again_unasked(seedream_emulator, s3_client, bucket):
