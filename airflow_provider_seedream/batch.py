@@ -30,7 +30,6 @@ keeps the task's process alive.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import queue
 import tempfile
@@ -339,9 +338,18 @@ class BatchRunner:
                 code,
             ) from None
         try:
-            return self._run(jobs, report)
+            finished = self._run(jobs, report)
         finally:
+            if not self._interrupted:  # a stopped task spends no more time; the next plan reads records itself
+                self._write_index(jobs)
             self.ledger.stop_heartbeat()
+        return finished
+
+    def _write_index(self, jobs: list[PromptJob]) -> None:
+        try:
+            self.ledger.write_index([job.stem for job in jobs])
+        except StorageError as error:
+            self.log.warning("The ledger index was not written (%s): the next run reads each record by itself", error)
 
     def _run(self, jobs: list[PromptJob], report: BatchReport) -> BatchReport:
         work: queue.SimpleQueue[PromptJob] = queue.SimpleQueue()
@@ -378,10 +386,27 @@ class BatchRunner:
     # -- what the ledger says ---------------------------------------------------------------------
 
     def _plan(self, jobs: list[PromptJob], report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]) -> list[PromptJob]:
-        """Read the ledger with one listing (and a read per record); log the plan before any money is spent."""
-        stems, present = self.ledger.scan()
+        """Read the ledger with one listing; log the plan before any money is spent.
+
+        A record whose etag in the listing is the one this task instance's index holds is taken
+        from the index; only the others (changed since, or new) are read one by one.
+        """
+        listed, present = self.ledger.scan()
+        index = self.ledger.read_index() if listed else {}
+        records: dict[int, Record | None] = {}
+        unread: list[PromptJob] = []
+        for job in jobs:
+            etag = listed.get(job.stem)
+            entry = index.get(job.stem)
+            if job.stem not in listed:
+                records[job.index] = None
+            elif etag is not None and entry is not None and entry[0] == etag:
+                self.ledger.adopt(job.stem, etag, entry[1])
+                records[job.index] = entry[1]
+            else:
+                unread.append(job)
         with ThreadPoolExecutor(max_workers=min(32, 2 * self.max_concurrency), thread_name_prefix="seedream-plan") as pool:
-            records = dict(pool.map(lambda job: (job.index, self.ledger.load(job.stem) if job.stem in stems else None), jobs))
+            records.update(pool.map(lambda job: (job.index, self.ledger.load(job.stem)), unread))
         with self._changed:
             self._open = len(jobs)
         to_generate: list[PromptJob] = []
@@ -398,7 +423,7 @@ class BatchRunner:
         self.log.info(
             "Plan: %d prompt(s): %d already stored, %d to store from images paid for earlier, %d outcome unknown "
             "(not sent again), %d accepted as lost, %d refused (key of another task), %d held by another process, "
-            "%d to generate; at most %d image(s) may be paid for; %s",
+            "%d to generate; at most %d image(s) may be paid for; %s (ledger: %d record(s) from the index, %d read)",
             len(jobs),
             counts[_Action.REUSE.value],
             counts[_Action.RESUME.value],
@@ -409,6 +434,8 @@ class BatchRunner:
             counts[_Action.GENERATE.value] + counts[_Action.WAIT.value],
             most,
             report.budget or "max_billed_images not set",
+            len(jobs) - len(unread) - sum(1 for job in jobs if job.stem not in listed),
+            len(unread),
         )
         return to_generate
 

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 OWNERS_FOLDER = "_owners"
 BUDGET_FOLDER = "_budget"
+#: Each task instance's copy of its records as it left them, checked against the listing's etags.
+INDEX_FOLDER = "_index"
+_NOT_RECORDS = (OWNERS_FOLDER + "/", BUDGET_FOLDER + "/", INDEX_FOLDER + "/")
 # An owner heartbeats this often; one silent for LEASE_SECONDS is taken as dead.
 LEASE_SECONDS = 60.0
 # When a link's own expiry cannot be read, the service's documented life of a link (24 hours).
@@ -201,16 +204,24 @@ class Record:
         return [image for image in self.images if image.get("url") and not image.get("key") and image["index"] not in alive]
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, body: bytes) -> Record:
-        data = json.loads(body)
-        data["images"] = tuple(data.get("images") or ())
-        data["history"] = tuple(data.get("history") or ())
+        return cls.from_dict(json.loads(body))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        data = {**data, "images": tuple(data.get("images") or ()), "history": tuple(data.get("history") or ())}
         known = {name for name in cls.__dataclass_fields__}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def record_stem(name: str) -> str | None:
+    """The stem of a prompt's record from its name under ``_ledger/``; ``None`` for heartbeats, budgets and indexes."""
+    if name.endswith(".json") and not name.startswith(_NOT_RECORDS):
+        return name[: -len(".json")]
+    return None
 
 
 class Ledger:
@@ -263,6 +274,11 @@ class Ledger:
     def record_key(self, stem: str) -> str:
         return self._full(f"{LEDGER_FOLDER}/{stem}.json")
 
+    def index_key(self) -> str:
+        """This task instance's index: ``_ledger/_index/<dag_id>/<task_id>/<map_index>.json``."""
+        owner = self.owner
+        return self._full(f"{LEDGER_FOLDER}/{INDEX_FOLDER}/{owner.dag_id}/{owner.task_id}/{owner.map_index}.json")
+
     def _owner_key(self, token: str) -> str:
         return self._full(f"{LEDGER_FOLDER}/{OWNERS_FOLDER}/{token}.json")
 
@@ -272,11 +288,14 @@ class Ledger:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def scan(self) -> tuple[set[str], set[str]]:
-        """One listing of the prefix: the stems that have a record, and the keys of every other object."""
+    def scan(self) -> tuple[dict[str, str | None], set[str]]:
+        """One listing of the prefix: each stem that has a record, with its etag, and the keys of every other object.
+
+        A stem kept only on this machine (S3 refused its record) has the etag ``None``.
+        """
         base = self._full("") if self.prefix else ""
         folder = self._full(LEDGER_FOLDER) + "/"
-        stems: set[str] = set()
+        stems: dict[str, str | None] = {}
         keys: set[str] = set()
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
             for item in page.get("Contents", []):
@@ -284,12 +303,51 @@ class Ledger:
                 if not key.startswith(folder):
                     keys.add(key)
                     continue
-                name = key[len(folder):]
-                if name.endswith(".json") and not name.startswith((OWNERS_FOLDER + "/", BUDGET_FOLDER + "/")):
-                    stems.add(name[: -len(".json")])
+                stem = record_stem(key[len(folder):])
+                if stem is not None:
+                    stems[stem] = item.get("ETag")
         if self.local_folder.is_dir():
-            stems |= {str(path.relative_to(self.local_folder))[: -len(".json")] for path in self.local_folder.rglob("*.json")}
+            for path in self.local_folder.rglob("*.json"):
+                stems[str(path.relative_to(self.local_folder))[: -len(".json")]] = None
         return stems, keys
+
+    def read_index(self) -> dict[str, tuple[str, Record]]:
+        """This task instance's index: stem -> (etag, record) as its last run left them; empty when unreadable."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.index_key())["Body"].read()
+            entries = json.loads(body)["records"]
+            return {stem: (entry["etag"], Record.from_dict(entry["record"])) for stem, entry in entries.items()}
+        except Exception as error:  # missing, or not an index: every record is then read by itself
+            if client_error_code(error) not in _MISSING_CODES:
+                log.warning("The ledger index %s could not be read (%s); records are read one by one",
+                            self.index_key(), type(error).__name__)
+            return {}
+
+    def adopt(self, stem: str, etag: str, record: Record) -> None:
+        """Take ``record`` as ``stem``'s, its etag matched by a listing: the same bytes as a read would give."""
+        with self._guard:
+            self._etags[stem] = etag
+            self._records[stem] = record
+
+    def write_index(self, stems: list[str]) -> int:
+        """Keep the records of ``stems`` as this process last read or wrote them in the index; return how many.
+
+        A record kept only on this machine is left out: the next plan reads it by itself.
+
+        :raises StorageError: S3 did not take the index (the next plan then reads records one by one).
+        """
+        with self._guard:
+            entries = {
+                stem: {"etag": self._etags[stem], "record": asdict(self._records[stem])}
+                for stem in stems
+                if self._etags.get(stem) and stem in self._records and stem not in self.kept_locally
+            }
+        body = json.dumps({"records": entries}, separators=(",", ":"), sort_keys=True).encode()
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.index_key(), Body=body, ContentType="application/json")
+        except Exception as error:
+            raise StorageError(f"the ledger index was not written: {type(error).__name__}", client_error_code(error)) from None
+        return len(entries)
 
     def load(self, stem: str) -> Record | None:
         """Read a record from S3 (or this machine, where S3 refused it), remembering its etag."""

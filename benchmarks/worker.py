@@ -16,6 +16,10 @@ Modes (the spec's ``mode``):
 ``http_to_s3``
     Airflow's own operators, one prompt at a time: ``HttpOperator`` (POST, the image URL
     picked from the answer) then ``HttpToS3Operator`` (GET of that URL, stored with ``load_bytes``).
+``threads``
+    Bare threads: ``concurrency`` threads each doing POST, GET and PUT per prompt, no ledger.
+``plan``
+    A rerun of an unchanged catalog, every prompt already stored (see :func:`run_plan`).
 ``emulator_probe``
     The emulator alone at the same concurrency (generate, download, discard): the ceiling
     the service side sets on this machine.
@@ -35,6 +39,8 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +66,7 @@ def prompts(n: int, label: str) -> list[str]:
     return [f"{label} product photo {i}: a ceramic mug on a wooden table, soft daylight" for i in range(n)]
 
 
-# -- the three ways ---------------------------------------------------------------------------
+# -- the ways ---------------------------------------------------------------------------
 
 
 class TaskInstance:
@@ -239,8 +245,88 @@ def run_threads(spec: dict[str, Any]) -> None:
         list(pool.map(one, enumerate(prompts(spec["n"], spec["label"]))))
 
 
+@contextmanager
+def profiled(top: int | None, printed: list[str]) -> Iterator[None]:
+    """Profile the block with cProfile; append its ``top`` functions by cumulative time to ``printed``."""
+    if not top:
+        yield
+        return
+    import cProfile
+    import io
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(int(top))
+        printed.append(text.getvalue())
+
+
+def run_plan(spec: dict[str, Any]) -> dict[str, Any]:
+    """A rerun of an unchanged catalog: every prompt is already stored, so the task plans and sends nothing.
+
+    The ledger's records and the images are first written as an earlier run leaves them
+    (untimed: ``seed_s``), each prompt's fingerprint made by the operator's own planning; then
+    ``execute()`` of a fresh operator over the same prompts is timed (``plan_s``): the listing,
+    the records' reads, the decisions and the records it returns.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import asdict
+
+    from airflow_provider_seedream.ledger import Ledger, Owner, Record
+    from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
+    from airflow_provider_seedream.planning import GENERATION_FIELDS, RequestPlanner, prompt_items
+    from airflow_provider_seedream.storage import ImageStore
+
+    bucket = os.environ["BENCH_BUCKET"]
+
+    def operator() -> SeedreamToS3Operator:
+        return SeedreamToS3Operator(
+            task_id="generate", prompt=prompts(spec["n"], spec["label"]), s3_bucket=bucket, s3_prefix=spec["prefix"],
+            max_concurrency=spec["concurrency"],
+        )
+
+    started = time.perf_counter()
+    earlier = operator()
+    planner = RequestPlanner(
+        earlier.hook, parameters={name: getattr(earlier, name) for name in GENERATION_FIELDS}, extra_parameters={},
+        shared_references=[], s3_client=None,
+    )
+    jobs = planner.plan(prompt_items(earlier.prompt))
+    client = bench_s3_client()
+    store = ImageStore(client, bucket, spec["prefix"])
+    owner = Owner(dag_id="dag", task_id="generate", run_id="scheduled__earlier")
+    ledger = Ledger(client, bucket, spec["prefix"], owner)
+    body = b"\xff\xd8 a stored image \xff\xd9"
+
+    def seed(job: Any) -> None:
+        key = store.key_for(job.stem, 0, job.extension)
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="image/jpeg")
+        image = {"index": 0, "key": key, "bucket": bucket, "bytes": len(body), "sha256": "0" * 64,
+                 "content_type": "image/jpeg", "size": "2048x2048", "model": MODEL}
+        record = Record(stem=job.stem, status="stored", fingerprint=job.fingerprint, owner=asdict(owner),
+                        images=(image,), billed=1, complete=True, model=MODEL, at=time.time())
+        client.put_object(Bucket=bucket, Key=ledger.record_key(job.stem), Body=record.to_json())
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(seed, jobs))
+    rerun = operator()
+    seeded = time.perf_counter()
+    printed: list[str] = []
+    with profiled(spec.get("profile"), printed):
+        records = rerun.execute(task_context(spec["label"]))  # type: ignore[arg-type]
+    planned = time.perf_counter()
+    assert len(records) == spec["n"] and all(record["reused"] for record in records), "every prompt reused"
+    return {"seed_s": seeded - started, "plan_s": planned - seeded, **({"profile": printed[0]} if printed else {})}
+
+
 MODES = {
     "operator": run_operator,
+    "plan": run_plan,
     "threads": run_threads,
     "naive": run_naive,
     "http_to_s3": run_http_to_s3,
@@ -306,7 +392,7 @@ def main() -> None:
     cpu0 = _cpu_seconds()
     epoch0 = time.time()
     wall0 = time.perf_counter()
-    MODES[mode](spec)
+    extra = MODES[mode](spec)
     wall = time.perf_counter() - wall0
     epoch1 = time.time()
     cpu = _cpu_seconds() - cpu0
@@ -327,6 +413,7 @@ def main() -> None:
         "peak_rss_kb": max(maxrss_kb, peak["VmHWM"]),
         "stored_objects": count,
         "stored_bytes": total,
+        **(extra or {}),
     }
     print(json.dumps(figures), flush=True)
 

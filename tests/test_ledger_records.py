@@ -63,9 +63,32 @@ def test_the_scan_lists_records_apart_from_images_owners_and_budgets(s3_client, 
         Budget.for_task(ledger, 5).reserve("a/b", 1)
         s3_client.put_object(Bucket=bucket, Key="p/a/b-00.jpg", Body=b"x")
         s3_client.put_object(Bucket=bucket, Key="other/c.json", Body=b"x")
-        assert ledger.scan() == ({"a/b"}, {"p/a/b-00.jpg"})
+        ledger.write_index(["a/b"])
+        etag = s3_client.head_object(Bucket=bucket, Key="p/_ledger/a/b.json")["ETag"]
+        assert ledger.scan() == ({"a/b": etag}, {"p/a/b-00.jpg"})
     finally:
         ledger.stop_heartbeat()
+
+
+def test_the_index_holds_each_record_with_the_etag_it_was_written_with(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    ledger.write("a", "claimed", fingerprint="f")
+    ledger.write("a", "answered", images=({"index": 0, "url": "https://x/y", "expires_at": 1.0},))
+    ledger.write("kept", "claimed", fingerprint="g")
+    ledger.keep_locally("kept", "answered", images=({"index": 0, "url": "https://x/z", "expires_at": 1.0},))
+    assert ledger.write_index(["a", "kept", "never-written"]) == 1, "a record kept only on this machine is left out"
+    index = Ledger(s3_client, bucket, "p", owner()).read_index()
+    etag = s3_client.head_object(Bucket=bucket, Key="p/_ledger/a.json")["ETag"]
+    assert set(index) == {"a"} and index["a"][0] == etag
+    assert index["a"][1] == ledger.cached("a"), "the very record a read would give"
+    # Another map index of the same task has its own index.
+    assert Ledger(s3_client, bucket, "p", owner(map_index=3)).read_index() == {}
+
+
+def test_an_unreadable_index_is_no_index(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    s3_client.put_object(Bucket=bucket, Key=ledger.index_key(), Body=b"not json")
+    assert ledger.read_index() == {}
 
 
 def test_a_claim_s_owner_is_alive_while_it_heartbeats(s3_client, bucket):
@@ -169,7 +192,7 @@ def test_a_record_s3_refused_is_kept_on_this_machine(s3_client, bucket, tmp_path
     path = ledger.keep_locally("a/sku", "answered", images=({"index": 0, "url": "https://x/a"},))
     assert path == tmp_path / "seedream-ledger" / bucket / "p" / "a" / "sku.json"
     again = Ledger(s3_client, bucket, "p", owner(try_number=2), local_root=str(tmp_path))
-    assert again.scan()[0] == {"a/sku"}
+    assert again.scan()[0] == {"a/sku": None}, "a stem kept on this machine is read by itself, never from an index"
     assert again.load("a/sku").status == "answered", "this machine's copy is the newer one"
     again.write("a/sku", "stored")  # S3 takes it again: the local copy goes
     assert not path.exists()

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_seedream.ledger import record_stem
 from tests.conftest import FIGURES, ROOT
 from tests.deployment.airflow_deployment import AirflowDeployment, wait_for
 
@@ -87,9 +88,7 @@ class Tier:
         folder = f"{prefix.rstrip('/')}/_ledger/"
         pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
         keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
-        return [
-            json.loads(self.read(key)) for key in keys if not key[len(folder):].startswith(("_owners/", "_budget/"))
-        ]
+        return [json.loads(self.read(key)) for key in keys if record_stem(key[len(folder):]) is not None]
 
     def read(self, key: str) -> bytes:
         return self.s3().get_object(Bucket=self.bucket, Key=key)["Body"].read()

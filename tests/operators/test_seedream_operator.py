@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.dag_runs import airflow_dags_test, run_dag, task_xcom
+from tests.reliability.test_spend_safety import ledger as records_under
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -31,13 +32,7 @@ def objects(s3_client, bucket: str, prefix: str = "") -> dict[str, bytes]:
 
 def ledger(s3_client, bucket: str, prefix: str = "p") -> dict[str, dict]:
     """The spend ledger's records under ``prefix``, by key stem."""
-    folder = f"{prefix}/_ledger/"
-    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=folder).get("Contents", [])
-    return {
-        item["Key"][len(folder):-len(".json")]: json.loads(s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
-        for item in listing
-        if not item["Key"][len(folder):].startswith(("_owners/", "_budget/"))
-    }
+    return records_under(s3_client, bucket, f"{prefix}/")
 
 
 def served_hashes(emulator) -> set[str]:

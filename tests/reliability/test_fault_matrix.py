@@ -9,7 +9,6 @@ the service must see no generation request beyond one per prompt and the refused
 from __future__ import annotations
 
 import hashlib
-import collections
 import json
 import os
 
@@ -18,6 +17,7 @@ import pytest
 from tests.conftest import FIGURES
 from tests.dag_runs import run_dag, task_xcom
 from tests.emulator.support import quiet_stats
+from tests.reliability.test_spend_safety import ledger as records_under
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -26,14 +26,7 @@ PROMPTS = 300
 
 def ledger_states(s3_client, bucket: str) -> dict[str, str]:
     """Key stem -> status of every prompt's record in the spend ledger."""
-    paginator = s3_client.get_paginator("list_objects_v2")
-    found = {}
-    for page in paginator.paginate(Bucket=bucket, Prefix="faults/_ledger/"):
-        for item in page.get("Contents", []):
-            stem = item["Key"].removeprefix("faults/_ledger/").removesuffix(".json")
-            if not stem.startswith(("_owners/", "_budget/")):
-                found[stem] = json.loads(s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())["status"]
-    return found
+    return {stem: record["status"] for stem, record in records_under(s3_client, bucket, "faults/").items()}
 
 
 def stored_objects(s3_client, bucket: str) -> dict[str, str]:

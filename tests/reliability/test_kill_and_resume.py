@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import FIGURES
 from tests.dag_runs import run_dag
 from tests.emulator.support import quiet_stats
+from tests.reliability.test_spend_safety import ledger as records_under
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -33,13 +34,7 @@ def stored(s3_client, bucket: str) -> dict[str, str]:
 
 def ledger(s3_client, bucket: str) -> dict[str, str]:
     """Key stem -> status of each prompt's record in the spend ledger."""
-    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix="faults/_ledger/").get("Contents", [])
-    found = {}
-    for item in listing:
-        stem = item["Key"].removeprefix("faults/_ledger/").removesuffix(".json")
-        if not stem.startswith(("_owners/", "_budget/")):
-            found[stem] = json.loads(s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())["status"]
-    return found
+    return {stem: record["status"] for stem, record in records_under(s3_client, bucket, "faults/").items()}
 
 
 def test_killed_batch_resumes_without_paying_again(seedream_emulator, s3_client, bucket):

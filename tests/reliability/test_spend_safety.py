@@ -24,6 +24,7 @@ import pytest
 
 from airflow.sdk.exceptions import AirflowFailException
 from airflow_provider_seedream.batch import BatchError
+from airflow_provider_seedream.ledger import record_stem
 from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
 from tests.conftest import API_KEY, FIGURES
 from tests.emulator.support import quiet_stats
@@ -70,11 +71,12 @@ def images(s3_client, bucket: str, prefix: str = "p/") -> list[str]:
 
 def ledger(s3_client, bucket: str, prefix: str = "p/") -> dict[str, dict[str, Any]]:
     """Every prompt's record in the spend ledger, by key stem."""
-    return {
-        key.rpartition("/_ledger/")[2].removesuffix(".json"): json.loads(body)
-        for key, body in objects(s3_client, bucket, prefix).items()
-        if "/_ledger/" in key and not key.rpartition("/_ledger/")[2].startswith(("_owners/", "_budget/"))
-    }
+    found = {}
+    for key, body in objects(s3_client, bucket, prefix + "_ledger/").items():
+        stem = record_stem(key.rpartition("/_ledger/")[2])
+        if stem is not None:
+            found[stem] = json.loads(body)
+    return found
 
 
 def records(s3_client, bucket: str, prefix: str = "p/") -> dict[str, dict[str, Any]]:
