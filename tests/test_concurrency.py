@@ -49,3 +49,15 @@ def test_acquire_waits_under_the_limit_and_gives_up_when_stopped():
     assert got == [True] and limit.in_flight == 2
     stop.set()
     assert limit.acquire(stop.is_set) is False, "nothing is acquired once the batch stopped"
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_batch_halves_its_limit_when_the_service_answers_rate_limited(seedream_emulator, bucket):
+    from tests.reliability.test_spend_safety import execute, operator
+
+    seedream_emulator.configure(script=["429"] * 3, retry_after=0)  # RequestBurstTooFast, then answers
+    op = operator(bucket, [f"a paced tile {n}" for n in range(3)], max_concurrency=8)
+    assert len(execute(op)) == 3
+    limit = op._runner.limit
+    assert limit.rate_limited == 3, "each 429 from the service reaches the batch's in-flight limit"
+    assert limit.limit <= 4 + 3 / 4, "the limit was halved, then grew back by at most one quarter an answer"

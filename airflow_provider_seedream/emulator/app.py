@@ -314,6 +314,21 @@ async def _generation(request: Request, state: EmulatorState, signer: UrlSigner,
     return await _answer(request, plan, fault, config, state, cache, signer)
 
 
+def _arrived(fault: str, config: EmulatorConfig, count: int) -> int:
+    """How many items of an answer reach the client before a ``reset`` cuts it (``cut_after``, else none)."""
+    if fault != "reset" or config.cut_after is None:
+        return 0
+    return min(config.cut_after, count - 1)
+
+
+def cut_answer(body: bytes, items: int) -> bytes:
+    """The first bytes of an answer cut after its first ``items`` items: those whole, nothing of the rest."""
+    answer = json.loads(body)
+    head = json.dumps({key: value for key, value in answer.items() if key not in ("data", "usage")}, ensure_ascii=False)
+    data = ", ".join(json.dumps(item, ensure_ascii=False) for item in answer["data"][:items])
+    return (head[:-1] + ', "data": [' + data + (", " if items else "")).encode("utf-8")
+
+
 async def _answer(
     request: Request,
     plan: GenerationPlan,
@@ -342,12 +357,15 @@ async def _answer(
         if delivered or config.bill_abandoned:
             state.add_images(outcome.records, outcome.item_errors)
             if not delivered:
-                state.mark_unanswered(outcome.records)
+                arrived = _arrived(fault, config, plan.count)
+                state.mark_unanswered([record for record in outcome.records if record.index >= arrived])
     if not connected:
         state.count("abandoned")
         log.debug("Client left generation request %s before its answer", plan.request_id)
         return _Abandoned()
     if fault == "reset":
+        if config.cut_after is not None and outcome is not None:
+            return BrokenResponse(cut_answer(outcome.body, _arrived(fault, config, plan.count)), declared=len(outcome.body))
         return BrokenResponse(_RESET_PARTIAL, declared=_RESET_DECLARED)
     if fault in UNANSWERED_FAULTS:
         return gateway_error(int(fault))

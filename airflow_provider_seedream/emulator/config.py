@@ -82,7 +82,9 @@ class EmulatorConfig:
         the model made the images (billed under ``bill_abandoned``). A stream is cut after a drawn
         number of images: those before the cut arrived; the rest are billed under ``bill_abandoned``.
     :param cut_after: how many images of a streamed group arrive before a ``reset`` cuts it or a
-        ``stream_error`` ends it (capped at the group's size minus one); ``None`` draws it.
+        ``stream_error`` ends it (capped at the group's size minus one); ``None`` draws it. It also
+        makes a ``reset`` of an answer sent at once arrive with that many items whole before the
+        cut (under ``bill_abandoned``); ``None`` cuts such an answer after ``{"created": ``.
     :param rate_slow: share of generation requests delayed by ``slow_seconds``.
     :param slow_seconds: the delay of a slow request.
     :param bill_abandoned: generate and bill the images of a request whose answer never reaches

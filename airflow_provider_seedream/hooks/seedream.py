@@ -467,7 +467,7 @@ class SeedreamHook(BaseHook):
         target = ""
         response.raw.decode_content = True
         try:
-            for prefix, event, value in ijson.parse(response.raw, use_float=True):
+            for prefix, event, value in ijson.parse(_Arriving(response.raw), use_float=True):
                 if builder is not None:
                     builder.event(event, value)
                     if prefix == target and event == "end_map":
@@ -645,6 +645,22 @@ class SeedreamHook(BaseHook):
                     "endpoint that checks its requests; check the Base URL"
                 )
             return False, str(api_error(response))
+
+
+class _Arriving:
+    """A response body read as it arrives: each read returns what came, without waiting to fill its buffer.
+
+    So an answer that breaks off keeps every item whose bytes arrived before the break, not only
+    those of buffers filled whole.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:  # ijson asks for nothing, to learn whether the body is bytes or text
+            return b""
+        return bytes(self._raw.read1(size if size > 0 else None))
 
 
 def _server_sent_events(response: requests.Response) -> Iterator[tuple[str | None, str]]:

@@ -572,6 +572,9 @@ def test_an_abandoned_stream_closes_its_connection(hook, seedream_emulator):
     while seedream_emulator.stats()["generation_in_flight"]:
         assert time.monotonic() < deadline, "the emulator never saw the client leave"
         time.sleep(0.05)
+    stats = seedream_emulator.stats()
+    assert stats["abandoned"] == 1, "the emulator saw the client leave mid-stream, not a stream read to its end"
+    assert stats["generation_status"] == {}, "the stream never reached its completed event"
 
 
 def test_a_stream_that_breaks_off_is_an_unknown_outcome_after_its_images(hook, seedream_emulator):

@@ -9,6 +9,7 @@ sent SIGTERM.
 from __future__ import annotations
 
 import http.server
+import hashlib
 import json
 import os
 import signal
@@ -183,8 +184,8 @@ def test_an_unknown_outcome_is_recorded_and_never_sent_again_unasked(seedream_em
 
 
 def test_a_dropped_answer_keeps_the_images_that_did_arrive(seedream_emulator, s3_client, bucket):
-    # Emulates a gateway cutting a group's answer: only the items before the cut arrive.
-    seedream_emulator.configure(script=["reset"])
+    # A connection cut inside a group's answer: the first two items arrive whole, then nothing.
+    seedream_emulator.configure(script=["reset"], cut_after=2)
     op = operator(
         bucket, ["a set of four tiles"], sequential_image_generation="auto",
         sequential_image_generation_options={"max_images": 4},
@@ -193,7 +194,11 @@ def test_a_dropped_answer_keeps_the_images_that_did_arrive(seedream_emulator, s3
         execute(op)
     [record] = records(s3_client, bucket).values()
     assert record["status"] == "unknown" and record["requested_images"] == 4
+    assert [image["index"] for image in record["images"] if image.get("key")] == [0, 1], "the two that arrived are stored"
     assert quiet_stats(seedream_emulator)["generation_requests"] == 1
+    arrived = {image["sha256"] for image in seedream_emulator.images() if image["answered"]}
+    stored = {hashlib.sha256(body).hexdigest() for key, body in objects(s3_client, bucket).items() if "/_ledger/" not in key}
+    assert len(arrived) == 2 and stored == arrived
 
 
 # -- exact reuse, stable keys, replace once per run ----------------------------------------------
@@ -376,6 +381,9 @@ def test_b64_answers_are_stored_before_the_slot_is_freed(seedream_emulator, s3_c
     served = {image["sha256"] for image in seedream_emulator.images()}
     assert {record["sha256"] for record in stored} == served and len(served) == 6
     assert records(s3_client, bucket) == {}
+    # A decoded image has no link to come back to: it is never recorded as answered-but-not-stored.
+    histories = {tuple(record["history"]) for record in ledger(s3_client, bucket).values()}
+    assert histories == {("None->claimed", "claimed->stored")}, histories
 
 
 def test_an_operator_level_reference_is_read_once_per_batch(seedream_emulator, s3_server, s3_client, bucket):
@@ -427,7 +435,9 @@ def test_a_stopped_stream_keeps_the_images_it_delivered(seedream_emulator, s3_cl
     from airflow.sdk.exceptions import AirflowTaskTimeout
     from airflow.sdk.execution_time.timeout import timeout
 
-    seedream_emulator.configure(latency=1.0)  # one image a second
+    # One image a second; what is made after the client leaves is not billed, so billing shows
+    # when the stream was closed.
+    seedream_emulator.configure(latency=1.0, bill_abandoned=False)
     group = {**STREAMED, "sequential_image_generation_options": {"max_images": 15}}
     with pytest.raises(AirflowTaskTimeout):
         with timeout(3):
@@ -437,3 +447,6 @@ def test_a_stopped_stream_keeps_the_images_it_delivered(seedream_emulator, s3_cl
     [record] = records(s3_client, bucket).values()
     assert record["status"] == "unknown" and record["requested_images"] == 15
     assert billed <= stored + unknown, "whatever the service went on to make is recorded as possibly billed"
+    stats = quiet_stats(seedream_emulator)
+    assert stats["abandoned"] == 1, "the stream was closed when the task stopped, not read to its end"
+    assert billed <= stored + 1, f"the stream stopped at once: {billed} billed, {stored} stored (at most one more in the making)"
