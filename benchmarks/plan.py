@@ -66,6 +66,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "cases": cases,
         "plan_10k_s": at_target["projected_10k_s"],
+        # What the task itself adds to the store's listing, at 10,000 prompts.
+        "beyond_listing_10k_s": (at_target["plan_s"] - at_target["list_s"]) * TARGET_PROMPTS / at_target["n"],
         "plan_10k_measured": at_target["n"] == TARGET_PROMPTS,
         "cpu_count": info["cpu_count"],
         "load_avg_1m": info["load_avg_1m"],
@@ -93,7 +95,9 @@ def report(figures: dict[str, Any]) -> str:
         table(
             ["target", "value", "goal", "verdict"],
             [[f"plan of {TARGET_PROMPTS:,} prompts" + ("" if figures["plan_10k_measured"] else " (projected)"), value,
-              f"< {TARGET_SECONDS:g} s", verdict(value, TARGET_SECONDS, False)]],
+              f"< {TARGET_SECONDS:g} s", verdict(value, TARGET_SECONDS, False)],
+             ["the same beyond one bare listing", figures["beyond_listing_10k_s"], f"< {TARGET_SECONDS:g} s",
+              verdict(figures["beyond_listing_10k_s"], TARGET_SECONDS, False)]],
         ),
     ])
 

@@ -24,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCHMARKS, ROOT, emit, machine, table, verdict  # noqa: E402
 
-ORDER = ("throughput", "memory", "parse_cost", "overhead", "streaming", "rate_limit")
+ORDER = ("throughput", "plan", "memory", "parse_cost", "overhead", "streaming", "rate_limit")
 PARAMETERS: dict[str, dict[str, list[str]]] = {
     "default": {name: [] for name in ORDER},
     "quick": {
         "throughput": [
             "--n", "96", "--latency", "0.5", "--baseline-n", "16", "--http-to-s3-n", "8", "--repeat", "1", "--large-n", "500",
         ],
+        "plan": ["--sizes", "2000"],
         "memory": ["--small", "10", "--large", "100"],
         "parse_cost": ["--repeat", "3"],
         "overhead": ["--n", "100", "--repeat", "1"],
@@ -43,6 +44,7 @@ PARAMETERS: dict[str, dict[str, list[str]]] = {
             "--n", "4", "--latency", "0.05", "--concurrency", "2", "--baseline-n", "2", "--http-to-s3-n", "2", "--repeat", "1",
             "--large-n", "6", "--large-concurrency", "3", "--large-latency", "0.05",
         ],
+        "plan": ["--sizes", "20"],
         "memory": ["--small", "2", "--large", "4", "--size", "1K", "--concurrency", "2"],
         "parse_cost": ["--repeat", "1"],
         "overhead": ["--n", "4", "--concurrency", "2", "--repeat", "1"],
@@ -93,6 +95,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
             ["throughput", "efficiency (N*L/C / wall)", t["efficiency"], ">= 0.9", verdict(t["efficiency"], 0.9, True)],
             ["throughput", "naive loop wall s", t["naive_wall_s"], "", ""],
             ["throughput", "speedup_vs_naive", t["speedup_vs_naive"], ">= 10", verdict(t["speedup_vs_naive"], 10, True)],
+            ["throughput", "operator vs bare threads", t["ratio_vs_threads"], ">= 1.0", verdict(t["ratio_vs_threads"], 1.0, True)],
         ]
         if "speedup_vs_http_to_s3" in t:
             rows.append(["throughput", "speedup vs HttpToS3Operator", t["speedup_vs_http_to_s3"], "", ""])
@@ -102,6 +105,10 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
                 ["throughput", f"one task N={large['n']} L={large['latency_s']}s C={large['concurrency']}: wall s", large["wall_s"], f"bound {large['latency_bound_s']:.2f}", ""],
                 ["throughput", f"one task N={large['n']} L={large['latency_s']}s C={large['concurrency']}: efficiency", large["efficiency"], ">= 0.9", verdict(large["efficiency"], 0.9, True)],
             ]
+    if "plan" in results:
+        p = results["plan"]
+        label = "plan of 10,000 prompts, s" + ("" if p["plan_10k_measured"] else " (projected)")
+        rows.append(["plan", label, p["plan_10k_s"], "< 5", verdict(p["plan_10k_s"], 5, False)])
     if "memory" in results:
         m = results["memory"]
         rows += [

@@ -24,9 +24,10 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
         ["--n", "4", "--latency", "0.05", "--concurrency", "2", "--baseline-n", "2", "--http-to-s3-n", "2", "--repeat", "1",
          "--large-n", "6", "--large-concurrency", "3", "--large-latency", "0.05"],
         {"benchmark", "n", "latency_s", "concurrency", "wall_s", "images_per_s", "efficiency", "naive_wall_s",
-         "speedup_vs_naive", "speedup_vs_http_to_s3", "emulator_renders", "emulator_captions", "cases", "large",
-         "large_efficiency"},
+         "speedup_vs_naive", "speedup_vs_http_to_s3", "ratio_vs_threads", "emulator_renders", "emulator_captions", "cases",
+         "large", "large_efficiency"},
     ),
+    "plan": (["--sizes", "20"], {"benchmark", "concurrency", "cases", "plan_10k_s", "plan_10k_measured"}),
     "memory": (
         ["--small", "2", "--large", "4", "--size", "1K", "--concurrency", "2"],
         {"benchmark", "peak_rss_small_mb", "peak_rss_large_mb", "growth", "within_bound", "naive_growth", "operator", "naive"},

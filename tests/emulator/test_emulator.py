@@ -300,6 +300,24 @@ def test_reset_breaks_the_connection(emulator: EmulatorServer, bill_abandoned: b
     assert [image["answered"] for image in emulator.images()] == ([False, True] if bill_abandoned else [True])
 
 
+def test_cut_after_lets_the_first_items_of_an_answer_arrive_whole(emulator: EmulatorServer) -> None:
+    emulator.configure(script=["reset"], cut_after=2)
+    body = {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 4}}
+    raw = requests.post(
+        emulator.url + "/v1/images/generations", headers=AUTH, stream=True, timeout=30,
+        json={"model": SMALL_MODEL, "prompt": "a set of four", "size": "64x48", **body},
+    ).raw
+    arrived = b""
+    with pytest.raises(Exception, match="IncompleteRead"):
+        while chunk := raw.read1(65536):
+            arrived += chunk
+    text = arrived.decode()
+    assert text.startswith('{"created": ') and text.count('"url": ') == 2 and text.endswith("}, ")
+    stats = settled_stats(emulator, requests_sent=1)
+    assert stats["images_generated"] == 4 and stats["billed_unanswered"] == 2
+    assert [image["answered"] for image in emulator.images()] == [True, True, False, False]
+
+
 @pytest.mark.parametrize("bill_abandoned", [True, False])
 def test_slow_request_abandoned_by_the_client(emulator: EmulatorServer, bill_abandoned: bool) -> None:
     # Far longer than the client waits: only the client's leaving ends this request.
