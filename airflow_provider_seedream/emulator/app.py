@@ -384,6 +384,19 @@ def _refusal(fault: str, request_id: str, config: EmulatorConfig) -> Response | 
             error_type="TooManyRequests",
             param="",
         )
+    if fault == "spending_cap":
+        return service_error(
+            429,
+            "SetLimitExceeded",
+            "Your account has reached the spending limit set for this model. Raise the limit to continue.",
+            request_id,
+            error_type="TooManyRequests",
+            param="",
+        )
+    if fault == "overdue":
+        return service_error(
+            403, "AccountOverdueError", "Your account has an overdue balance.", request_id, error_type="Forbidden", param=""
+        )
     if fault == "429":
         return service_error(
             429,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Faults a generation script may name, applied in order to the next generation requests.
-GENERATION_FAULTS = ("ok", "429", "500", "503", "502", "504", "reset", "slow", "quota", "stream_error")
+GENERATION_FAULTS = ("ok", "429", "500", "503", "502", "504", "reset", "slow", "quota", "spending_cap", "overdue", "stream_error")
 #: Generation faults whose client never receives the answer although the model may have made
 #: the images: billed under ``bill_abandoned``.
 UNANSWERED_FAULTS = ("reset", "502", "504")
@@ -106,6 +106,7 @@ class EmulatorConfig:
     :param fault_seed: seed of the random fault choices, for reproducible runs.
     :param script: faults applied in order to the next generation requests, before any random one
         (``ok``, ``429``, ``500``, ``503``, ``502``, ``504``, ``reset``, ``slow``, ``quota``,
+        ``spending_cap``: 429 ``SetLimitExceeded``, ``overdue``: 403 ``AccountOverdueError``,
         ``stream_error``: a stream that ends in an ``error`` event after a drawn number of images,
         those images billed; answered as ``500`` without streaming).
     :param download_script: faults applied in order to the next downloads

@@ -34,6 +34,8 @@ FAULT_KEYS = (
     "download_500",
     "denied",
     "quota",
+    "spending_cap",
+    "overdue",
     "refused",
     "rate_limited",
 )

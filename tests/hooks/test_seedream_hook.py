@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -436,6 +437,32 @@ def test_connection_test_reports_a_refused_key(seedream_emulator):
     assert not ok and "401" in message and API_KEY not in message
 
 
+def test_connection_test_refuses_an_endpoint_that_answers_200_to_anything(monkeypatch):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Agreeable(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server hook's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}')
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Agreeable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_AGREEABLE", json.dumps({"conn_type": "seedream", "host": url, "password": "k"}))
+        ok, message = SeedreamHook(seedream_conn_id="seedream_agreeable").test_connection()
+    finally:
+        server.shutdown()
+    assert not ok
+    assert "answered 200 to a request without a prompt" in message and "check the Base URL" in message
+
+
 def test_one_hook_serves_many_threads(seedream_emulator):
     hook = SeedreamHook(pool_maxsize=8, **FAST)
     seedream_emulator.configure(latency=0.2)
@@ -575,6 +602,20 @@ def test_an_abandoned_stream_closes_its_connection(hook, seedream_emulator):
     stats = seedream_emulator.stats()
     assert stats["abandoned"] == 1, "the emulator saw the client leave mid-stream, not a stream read to its end"
     assert stats["generation_status"] == {}, "the stream never reached its completed event"
+
+
+def test_a_stream_s_read_timeout_applies_between_images_not_to_the_whole_group(seedream_emulator):
+    # 8 images, one every 0.5 s: 4 s in all, against a read timeout of 2.5 s.
+    seedream_emulator.configure(latency=0.5)
+    hook = SeedreamHook(**{**FAST, "timeout": 2.5})
+    group = {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 8}}
+    events = list(hook.generate_images("a slow strip", size="1K", stream=True, **group))
+    assert sum(1 for event in events if event.image is not None) == 8
+    # An image later than the read timeout is an unknown outcome, not sent again.
+    seedream_emulator.configure(latency=4.0)
+    with pytest.raises(SeedreamUnknownOutcomeError, match="read timeout of 2.5 s"):
+        list(hook.generate_images("a slower strip", size="1K", stream=True, **group))
+    assert seedream_emulator.stats()["generation_requests"] == 2
 
 
 def test_a_stream_that_breaks_off_is_an_unknown_outcome_after_its_images(hook, seedream_emulator):

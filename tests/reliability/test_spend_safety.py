@@ -321,7 +321,12 @@ def test_a_budget_that_cannot_work_is_refused(seedream_emulator, bucket, budget)
 
 @pytest.mark.parametrize(
     ("knobs", "reason"),
-    [({"quota_exceeded": True}, "HTTP 429 QuotaExceeded"), ({"api_key": "another-key"}, "HTTP 401 AuthenticationError")],
+    [
+        ({"quota_exceeded": True}, "HTTP 429 QuotaExceeded"),
+        ({"script": ["spending_cap"]}, "HTTP 429 SetLimitExceeded"),
+        ({"api_key": "another-key"}, "HTTP 401 AuthenticationError"),
+        ({"script": ["overdue"]}, "HTTP 403 AccountOverdueError"),
+    ],
 )
 def test_an_account_error_stops_the_batch_before_the_other_prompts(seedream_emulator, bucket, knobs, reason):
     seedream_emulator.configure(**knobs)
