@@ -82,6 +82,8 @@ def test_publish_banners_runs_by_itself_on_the_asset(deployment: Tier, example_r
     day = manual["run_after"][:10]
     assert event["uri"] == f"s3://{deployment.bucket}/banners"
     assert event["extra"]["keys"] == deployment.keys(f"banners/{day}/0") and event["extra"]["count"] == 2
+    extra = event["extra"]
+    assert (extra["generated"] + extra["reused"], extra["failed"], extra["truncated"]) == (2, 0, False), extra
     assert all("neon" in prompt and day in prompt for prompt in event["extra"]["prompts"])
     # keys[i] was made from prompts[i]: the banner's first prompt is the website banner.
     assert [("website banner" in prompt, "social media post" in prompt) for prompt in event["extra"]["prompts"]] == [

@@ -69,31 +69,30 @@ def test_no_limit_admits_everything() -> None:
 
 @pytest.mark.parametrize("path", [V1, V3])
 def test_requests_beyond_the_limit_are_answered_429_with_retry_after(emulator: EmulatorServer, path: str) -> None:
-    emulator.configure(images_per_minute=60)  # one a second; the bucket holds one group: 15
+    # One a minute, so that however slowly this machine sends, nothing refills meanwhile; the
+    # bucket holds one group: 15. (How the bucket refills is shown with a clock of its own above.)
+    emulator.configure(images_per_minute=1)
     answers = [generate(emulator, path=path, prompt=f"product {i}") for i in range(15)]
     assert [answer.status_code for answer in answers] == [200] * 15
     refused = generate(emulator, path=path, prompt="product 15")
     assert refused.status_code == 429
-    assert refused.headers["retry-after"] == "1", "one image at one a second: within a second"
+    assert 50 <= int(refused.headers["retry-after"]) <= 60, "one image at one a minute: within a minute"
     error = refused.json()["error"]
     assert (error["code"], error["type"]) == (RATE_LIMITED, "TooManyRequests")
     assert refused.headers["x-request-id"] in error["message"]
-
-    time.sleep(float(refused.headers["retry-after"]))
-    assert generate(emulator, path=path, prompt="product 15").status_code == 200, "Retry-After was enough"
-    stats = settled_stats(emulator, 17)
+    stats = settled_stats(emulator, 16)
     assert stats["faults"]["rate_limited"] == 1
-    assert stats["generation_status"] == {"200": 16, "429": 1}
-    assert stats["images_generated"] == 16, "a refused request makes nothing"
+    assert stats["generation_status"] == {"200": 15, "429": 1}
+    assert stats["images_generated"] == 15, "a refused request makes nothing"
 
 
 def test_a_group_takes_as_many_images_as_it_asks_for(emulator: EmulatorServer) -> None:
-    emulator.configure(images_per_minute=600)  # ten a second; 60 when full
+    emulator.configure(images_per_minute=60, burst_seconds=60)  # one a second; 60 when full
     answers = [generate(emulator, prompt=f"set {i}", **group(15)) for i in range(4)]
     assert [len(answer.json()["data"]) for answer in answers] == [15] * 4
     refused = generate(emulator, prompt="set 4", **group(15))
     assert refused.status_code == 429 and refused.json()["error"]["code"] == RATE_LIMITED
-    assert 1 <= int(refused.headers["retry-after"]) <= 2, "15 images at ten a second: 1.5 s at most"
+    assert 1 <= int(refused.headers["retry-after"]) <= 15, "15 images at one a second: 15 s at most"
     assert generate(emulator, prompt="one more", model=OTHER_MODEL).status_code == 200, "another model's own bucket"
 
 
