@@ -48,6 +48,7 @@ def _new_stats() -> dict[str, Any]:
         "generation_requests": 0,
         "generation_status": {},
         "generation_in_flight_peak": 0,
+        "last_generation_at": None,
         "images_generated": 0,
         "billed_unanswered": 0,
         "item_errors": 0,
@@ -309,6 +310,7 @@ class EmulatorState:
             stats = self._stats
             stats["generation_requests"] += 1
             stats["generation_in_flight_peak"] = max(stats["generation_in_flight_peak"], self._in_flight)
+            stats["last_generation_at"] = time.time()  # when the latest request arrived (unix time)
 
     def leave_generation(self) -> None:
         """Count a generation request as finished, answered or not."""
