@@ -2,7 +2,8 @@
 
 Each script starts its own emulator and moto S3 server on free ports (``rate_limit.py`` also
 its own Airflow deployment); nothing here asserts a timing, only that the script exits 0 and
-its last line is a JSON object with its keys.
+its last line is a JSON object with its keys; where a tiny run still means something (the
+streaming benchmark's first image), its headline is held to a loose floor.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
          "s3_ms_per_image", "emulator_ms_per_image", "cases"},
     ),
     "streaming": (
-        ["--images", "3", "--latency", "0.1", "--repeat", "1"],
+        ["--images", "4", "--latency", "0.5", "--repeat", "1"],
         {"benchmark", "images", "latency_s", "first_image_s", "total_s", "first_image_sooner", "total_ratio", "ways"},
     ),
     # A real Airflow deployment (api-server, scheduler, dag-processor) running the catalog DAG twice.
@@ -86,6 +87,8 @@ def test_benchmark_ends_with_its_json_figures(name: str) -> None:
         assert "parse_cost_baseline.py" in figures["dags"]
     if name == "streaming":
         assert set(figures["ways"]) == {"streamed", "at_once"}
+        # The headline at a loose floor: 4 images at 0.5 s, the first one stored about 4x sooner.
+        assert figures["first_image_sooner"] >= 2, figures["first_image_s"]
     if name == "rate_limit":
         # Every product made its image in both runs, and the task processes were found under the scheduler.
         assert {run["state"] for run in figures["runs"].values()} == {"success"}
