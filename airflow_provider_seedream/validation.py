@@ -19,6 +19,20 @@ from typing import Any
 from airflow_provider_seedream.exceptions import SeedreamValidationError
 
 DEFAULT_MODEL = "doubao-seedream-5-0-260128"
+#: Model ids the services document (Ark, BytePlus ModelArk, CometAPI): what the emulator lists at
+#: ``GET /v1/models``. Any other id is still sent, with the generic checks.
+KNOWN_MODELS = (
+    "doubao-seedream-5-0-260128",
+    "doubao-seedream-5-0-lite-260128",
+    "seedream-5-0-260128",
+    "doubao-seedream-4-5-251128",
+    "seedream-4-5-251128",
+    "doubao-seedream-4-0-250828",
+    "seedream-4-0-250828",
+    "bytedance-seedream-4-0-250828",
+    "doubao-seedream-3-0-t2i-250415",
+    "doubao-seededit-3-0-i2i-250628",
+)
 SIZE_PRESETS = ("1K", "2K", "3K", "4K")
 ADAPTIVE_SIZE = "adaptive"
 RESPONSE_FORMATS = ("url", "b64_json")

@@ -90,3 +90,27 @@ def test_package_ships_its_type_marker():
     import airflow_provider_seedream
 
     assert (Path(airflow_provider_seedream.__file__).parent / "py.typed").is_file()
+
+
+def test_provider_info_is_valid_against_the_installed_core_s_schema():
+    import importlib
+
+    import jsonschema
+
+    import airflow
+    from airflow_provider_seedream import get_provider_info
+
+    info = get_provider_info()
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    jsonschema.validate(info, schema)
+    # Everything it names can be imported, as the providers manager imports it.
+    for section in ("hooks", "operators"):
+        for entry in info[section]:
+            for module in entry["python-modules"]:
+                importlib.import_module(module)
+    for path in [*info["extra-links"], *(entry["hook-class-name"] for entry in info["connection-types"])]:
+        module, _, name = path.rpartition(".")
+        assert hasattr(importlib.import_module(module), name), path
+    assert {entry["integration-name"] for entry in info["hooks"] + info["operators"]} <= {
+        entry["integration-name"] for entry in info["integrations"]
+    }

@@ -67,7 +67,7 @@ from airflow_provider_seedream.emulator.signing import ACCESS_DENIED_BODY, UrlSi
 from airflow_provider_seedream.emulator.state import EmulatorState
 from airflow_provider_seedream.emulator.streaming import GenerationStream, wait_while_connected
 from airflow_provider_seedream.exceptions import SeedreamValidationError
-from airflow_provider_seedream.validation import validate_request, without_nulls
+from airflow_provider_seedream.validation import KNOWN_MODELS, validate_request, without_nulls
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,16 @@ def create_app(config: EmulatorConfig | None = None, *, cache: ImageCache | None
         if not isinstance(response, ImageStreamResponse) or response.complete:
             state.count_status("download_status", response.status_code)
         return response
+
+    @app.get("/v1/models", summary="The models the key may use (OpenAI-compatible; free)")
+    async def models(request: Request) -> Response:
+        if not _authorized(request, state.config):
+            return service_error(
+                401, "AuthenticationError", "The API key in the request is missing or invalid.",
+                request.state.request_id, error_type="Unauthorized",
+            )
+        listed = [{"id": model, "object": "model", "owned_by": "bytedance"} for model in KNOWN_MODELS]
+        return JSONResponse({"object": "list", "data": listed})
 
     @app.get("/_emulator/health", summary="Whether the emulator is up")
     async def health() -> dict[str, Any]:

@@ -57,6 +57,7 @@ DEFAULT_BASE_URL = "https://api.cometapi.com"
 ARK_HOST_SUFFIXES = ("volces.com", "bytepluses.com")
 ARK_PATH = "/api/v3/images/generations"
 OPENAI_PATH = "/v1/images/generations"
+MODELS_PATH = "/v1/models"
 DEFAULT_MAX_DOWNLOAD_BYTES = 100 * 1024 * 1024
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_RETRIES = 6
@@ -622,12 +623,52 @@ class SeedreamHook(BaseHook):
         """
         Prove the key works without paying for an image.
 
-        Sends a request no model can fulfil (no prompt, a 1x1 size): the service checks the
-        key first, then refuses the request, so an accepted key costs nothing and no image
-        can be made.
+        On an OpenAI-compatible host (``/v1/images/generations``, as CometAPI serves) it asks
+        ``GET /v1/models``, which is free, and says whether the key is accepted and the
+        connection's model is listed. Where there is no such list (Ark, ModelArk, or a host
+        that answers it 404), it sends a request no model can fulfil (no prompt, a 1x1 size):
+        the service checks the key first, then refuses the request, so an accepted key costs
+        nothing and no image can be made.
         """
         try:
             settings = self.settings
+        except Exception as error:
+            return False, f"The connection is not usable: {type(error).__name__}: {redact_text(str(error))}"
+        if settings["endpoint"].endswith(OPENAI_PATH):
+            listed = self._listed_models(settings)
+            if listed is not None:
+                return listed
+        return self._refused_request(settings)
+
+    def _listed_models(self, settings: dict[str, Any]) -> tuple[bool, str] | None:
+        """The connection test by ``GET /v1/models``; ``None`` where the host has no such list."""
+        url = settings["endpoint"][: -len(OPENAI_PATH)] + MODELS_PATH
+        try:
+            response = self.get_conn().get(
+                url, headers={"Authorization": f"Bearer {settings['api_key']}"}, timeout=(self.connect_timeout, 30.0)
+            )
+        except Exception as error:
+            return False, f"Could not reach {url}: {type(error).__name__}: {redact_text(str(error))}"
+        with response:
+            if response.status_code in (404, 405, 501):  # no such list here
+                return None
+            if response.status_code != 200:
+                return False, str(api_error(response))
+            try:
+                models = [str(item["id"]) for item in response.json()["data"]]
+            except (ValueError, KeyError, TypeError):
+                return None  # not the OpenAI list: fall back to the request no model can fulfil
+        model = settings["model"]
+        if model in models:
+            return True, f"Connection works: the key was accepted by {url}, which lists the model {model!r}."
+        return False, (
+            f"The key was accepted by {url}, but the model {model!r} is not among the {len(models)} it lists "
+            f"(for example {', '.join(models[:5]) or 'none'}); set the connection's model or the operator's model"
+        )
+
+    def _refused_request(self, settings: dict[str, Any]) -> tuple[bool, str]:
+        """The connection test by a generation request no model can fulfil."""
+        try:
             response = self.get_conn().post(
                 settings["endpoint"],
                 json={"model": settings["model"], "size": "1x1"},

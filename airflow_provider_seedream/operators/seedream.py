@@ -65,8 +65,9 @@ class SeedreamToS3Operator(BaseOperator):
     :param s3_bucket: the bucket the images go to (templated).
     :param s3_prefix: the key prefix (templated). A mapped task instance puts its prompts
         without ``key`` under ``map-<index>/`` unless ``prompt_index_offset`` places them.
-    :param aws_conn_id: the AWS connection; its ``endpoint_url`` extra selects any S3-compatible store.
-    :param seedream_conn_id: the Seedream connection.
+    :param aws_conn_id: the AWS connection (templated); its ``endpoint_url`` extra selects any
+        S3-compatible store, its ``config_kwargs`` extra the bounds of every S3 call.
+    :param seedream_conn_id: the Seedream connection (templated).
     :param model: the model id (templated); defaults to the connection's.
     :param size: a preset (``1K``, ``2K``, ``3K``, ``4K``) or ``WxH`` (templated).
     :param response_format: ``url`` or ``b64_json``.
@@ -108,7 +109,8 @@ class SeedreamToS3Operator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "prompt", "s3_bucket", "s3_prefix", "model", "size", "image", "extra_parameters", "resolve_unknown"
+        "prompt", "s3_bucket", "s3_prefix", "model", "size", "image", "extra_parameters", "resolve_unknown",
+        "seedream_conn_id", "aws_conn_id",
     )
     template_ext: Sequence[str] = (".txt", ".j2", ".jinja2")
     template_fields_renderers = {"extra_parameters": "json"}

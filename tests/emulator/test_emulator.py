@@ -601,3 +601,15 @@ def test_config_rejects_bad_values_at_start() -> None:
     with pytest.raises(ValueError, match="bill_abandoned must be true or false, got 1"):
         EmulatorConfig(bill_abandoned=1)  # type: ignore[arg-type]
     assert json.loads(json.dumps(EmulatorConfig().to_dict()))["url_ttl"] == 86400.0
+
+
+def test_the_model_list_is_free_and_needs_the_key(emulator: EmulatorServer) -> None:
+    from airflow_provider_seedream.validation import KNOWN_MODELS
+
+    emulator.configure(api_key="the-key")
+    listed = requests.get(emulator.url + "/v1/models", headers={"Authorization": "Bearer the-key"}, timeout=10)
+    assert listed.status_code == 200 and listed.json()["object"] == "list"
+    assert [model["id"] for model in listed.json()["data"]] == list(KNOWN_MODELS)
+    refused = requests.get(emulator.url + "/v1/models", headers={"Authorization": "Bearer another"}, timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "AuthenticationError"
+    assert emulator.stats()["generation_requests"] == 0

@@ -299,9 +299,10 @@ def test_a_long_retry_after_is_capped(seedream_emulator, capfd):
     assert "retry 1 of 1 in 0.30 s" in output.out + output.err
 
 
-def test_null_extras_from_the_connection_form_mean_the_defaults(seedream_emulator, monkeypatch):
-    # What Airflow's connection form saves when the extra fields are left empty.
-    extras = {"model": None, "endpoint_path": None, "timeout": None, "max_retries": None, "retry_unknown_outcome": None}
+@pytest.mark.parametrize("blank", [None, ""], ids=["null", "empty string"])
+def test_blank_extras_from_the_connection_form_mean_the_defaults(seedream_emulator, monkeypatch, blank):
+    # What Airflow's connection form saves for an extra field left empty (null), or cleared ("").
+    extras = dict.fromkeys(("model", "endpoint_path", "timeout", "max_retries", "retry_unknown_outcome"), blank)
     conn = {"conn_type": "seedream", "host": seedream_emulator.url, "password": API_KEY, "extra": extras}
     monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_FORM", json.dumps(conn))
     hook = SeedreamHook("seedream_form")
@@ -427,8 +428,27 @@ def test_non_image_download_is_refused(hook, seedream_emulator):
 def test_connection_test_costs_nothing(hook, seedream_emulator):
     ok, message = hook.test_connection()
     assert ok, message
+    assert "/v1/models, which lists the model 'doubao-seedream-5-0-260128'" in message
     stats = seedream_emulator.stats()
-    assert stats["images_generated"] == 0
+    assert stats["images_generated"] == stats["generation_requests"] == 0, "the free model list, no generation request"
+
+
+def test_connection_test_names_a_model_the_key_may_not_use(seedream_emulator, monkeypatch):
+    conn = {"conn_type": "seedream", "host": seedream_emulator.url, "password": API_KEY, "extra": {"model": "seedream-9-9"}}
+    monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_UNLISTED", json.dumps(conn))
+    ok, message = SeedreamHook("seedream_unlisted").test_connection()
+    assert not ok and "the model 'seedream-9-9' is not among the" in message and "doubao-seedream-5-0-260128" in message
+    assert seedream_emulator.stats()["generation_requests"] == 0
+
+
+def test_connection_test_without_a_model_list_sends_a_request_no_model_can_fulfil(seedream_emulator, monkeypatch):
+    # Ark's path (/api/v3) has no model list: the key is checked by a request the service refuses.
+    conn = {"conn_type": "seedream", "host": f"{seedream_emulator.url}/api/v3", "password": API_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_ARK", json.dumps(conn))
+    ok, message = SeedreamHook("seedream_ark").test_connection()
+    assert ok and "/api/v3/images/generations" in message, message
+    stats = seedream_emulator.stats()
+    assert stats["generation_requests"] == 1 and stats["images_generated"] == 0
 
 
 def test_connection_test_reports_a_refused_key(seedream_emulator):

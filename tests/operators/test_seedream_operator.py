@@ -152,8 +152,10 @@ def test_group_mode_stores_every_image_and_reuses_the_group(seedream_emulator, s
 
 
 def test_transient_faults_are_retried_without_paying_twice(seedream_emulator, s3_client, bucket):
+    # Faults that prove nothing was made (429, 500, 503) and broken downloads; a lost answer (a
+    # reset) is an unknown outcome, not a transient fault: the fault matrix covers it.
     seedream_emulator.configure(
-        rate_429=0.1, rate_500=0.05, rate_reset=0.05, rate_truncate=0.2, rate_download_500=0.1,
+        rate_429=0.1, rate_500=0.08, rate_503=0.08, rate_truncate=0.2, rate_download_500=0.1,
         retry_after=0, fault_seed=7,
     )
     prompts = [f"tile number {n}" for n in range(24)]
@@ -161,9 +163,10 @@ def test_transient_faults_are_retried_without_paying_twice(seedream_emulator, s3
     assert run.state == "success"
     stats = seedream_emulator.stats()
     faults = stats["faults"]
-    assert faults["429"] + faults["500"] + faults["reset"] > 0 and faults["truncate"] + faults["download_500"] > 0
+    fired = {name: faults[name] for name in ("429", "500", "503", "truncate", "download_500")}
+    assert all(fired.values()), f"every configured fault fired at least once: {fired}"
     assert stats["images_generated"] == 24
-    assert stats["generation_requests"] == 24 + faults["429"] + faults["500"] + faults["reset"]
+    assert stats["generation_requests"] == 24 + faults["429"] + faults["500"] + faults["503"]
     stored = objects(s3_client, bucket)
     assert {hashlib.sha256(data).hexdigest() for data in stored.values()} == served_hashes(seedream_emulator)
 

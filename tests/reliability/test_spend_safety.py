@@ -420,6 +420,13 @@ def test_an_operator_level_reference_is_read_once_per_batch(seedream_emulator, s
     assert seedream_emulator.stats()["references"] == 12
 
 
+def test_connection_ids_are_templated(seedream_emulator, bucket):
+    op = operator(bucket, ["a templated kite"], seedream_conn_id="{{ params.seedream }}", aws_conn_id="{{ params.aws }}")
+    op.render_template_fields({"params": {"seedream": "seedream_default", "aws": "aws_default"}})
+    assert (op.seedream_conn_id, op.aws_conn_id) == ("seedream_default", "aws_default")
+    assert len(execute(op)) == 1
+
+
 def test_prompt_text_ending_in_txt_is_text_not_a_template_file(bucket):
     op = operator(bucket, ["a poster titled notes.txt", "{{ params.word }} in a file called draft.j2"])
     op.render_template_fields({"params": {"word": "rain"}})
