@@ -22,6 +22,7 @@ DEFAULT_MODEL = "doubao-seedream-5-0-260128"
 #: Model ids the services document (Ark, BytePlus ModelArk, CometAPI): what the emulator lists at
 #: ``GET /v1/models``. Any other id is still sent, with the generic checks.
 KNOWN_MODELS = (
+    "doubao-seedream-5-0-pro-260628",
     "doubao-seedream-5-0-260128",
     "doubao-seedream-5-0-lite-260128",
     "seedream-5-0-260128",
@@ -59,7 +60,15 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 @dataclass(frozen=True)
 class ModelLimits:
-    """Size limits of a model family: total pixels, or each side for the 3.0 family."""
+    """What a model family accepts: the one capability table, read by the checks and the emulator.
+
+    :param min_pixels: total pixels of a ``WxH`` size, at least (``max_pixels``: at most).
+    :param min_side: each side of a ``WxH`` size, at least (the 3.0 family; ``max_side``: at most).
+    :param adaptive: it takes ``size: "adaptive"`` (SeedEdit).
+    :param max_references: reference images it takes at most.
+    :param groups: it makes groups (``sequential_image_generation: "auto"``) and streams them.
+    :param presets: the size presets it takes; ``None`` when the presets are not checked.
+    """
 
     family: str
     min_pixels: int | None = None
@@ -67,12 +76,19 @@ class ModelLimits:
     min_side: int | None = None
     max_side: int | None = None
     adaptive: bool = False
+    max_references: int = MAX_REFERENCE_IMAGES
+    groups: bool = True
+    presets: tuple[str, ...] | None = None
 
 
+# The first family whose marker is in the model id applies: 5.0 Pro before 5.0 Lite.
 _FAMILIES = (
+    ("seedream-5-0-pro", ModelLimits(
+        "seedream-5.0-pro", min_pixels=921_600, max_pixels=4_624_000, max_references=10, groups=False, presets=("1K", "2K"),
+    )),
     ("seedream-5-0", ModelLimits("seedream-5.0", min_pixels=3_686_400, max_pixels=16_777_216)),
     ("seedream-4-5", ModelLimits("seedream-4.5", min_pixels=3_686_400, max_pixels=16_777_216)),
-    ("seedream-4-0", ModelLimits("seedream-4.0", min_pixels=921_600, max_pixels=16_777_216)),
+    ("seedream-4-0", ModelLimits("seedream-4.0", min_pixels=921_600, max_pixels=16_777_216, max_references=10)),
     ("seedream-3-0", ModelLimits("seedream-3.0", min_side=512, max_side=2048)),
     ("seededit-3-0", ModelLimits("seededit-3.0", adaptive=True)),
 )
@@ -129,6 +145,9 @@ def validate_request(body: Mapping[str, Any]) -> list[str]:
     if not isinstance(model, str) or not model.strip():
         raise SeedreamValidationError("model", f"must be a non-empty model id such as {DEFAULT_MODEL!r}")
     warnings.extend(_check_prompt(body.get("prompt")))
+    limits = model_limits(model)
+    if limits is None:
+        warnings.append(f"model {model!r} is not one this package knows: only the checks every model shares apply")
     _check_enum(body, "response_format", RESPONSE_FORMATS)
     _check_enum(body, "output_format", OUTPUT_FORMATS)
     _check_enum(body, "sequential_image_generation", SEQUENTIAL_MODES)
@@ -145,6 +164,8 @@ def validate_request(body: Mapping[str, Any]) -> list[str]:
     _check_optimize_options(body.get("optimize_prompt_options"))
     _check_tools(body.get("tools"))
     references = _check_references(body.get("image"))
+    if limits is not None:
+        _check_capabilities(body, model, limits)
     generated = requested_image_count(body)
     if references + generated > MAX_TOTAL_IMAGES:
         raise SeedreamValidationError(
@@ -160,6 +181,28 @@ def validate_request(body: Mapping[str, Any]) -> list[str]:
             f"the service may return up to {MAX_IMAGES_RANGE[1]} images"
         )
     return warnings
+
+
+def _check_capabilities(body: Mapping[str, Any], model: str, limits: ModelLimits) -> None:
+    """Refuse, before anything is sent, what this model's family would refuse."""
+    if not limits.groups:
+        for name, wanted in (("sequential_image_generation", "auto"), ("stream", True)):
+            if body.get(name) == wanted:
+                raise SeedreamValidationError(
+                    name, f"{model} ({limits.family}) makes one image per request and does not stream; "
+                    f"remove {name} or use a model that makes groups, such as {DEFAULT_MODEL!r}",
+                )
+    size = body.get("size")
+    if limits.presets is not None and size in SIZE_PRESETS and size not in limits.presets:
+        raise SeedreamValidationError(
+            "size", f"{model} ({limits.family}) takes the presets {', '.join(limits.presets)}; got {size!r}"
+        )
+    image = body.get("image")
+    count = 1 if isinstance(image, str) else len(image) if isinstance(image, list) else 0
+    if count > limits.max_references:
+        raise SeedreamValidationError(
+            "image", f"{model} ({limits.family}) takes at most {limits.max_references} reference images, got {count}"
+        )
 
 
 def _check_prompt(prompt: Any) -> list[str]:

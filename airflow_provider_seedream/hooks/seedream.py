@@ -219,6 +219,7 @@ class SeedreamHook(BaseHook):
         self._session: requests.Session | None = None
         #: Called with each rate-limit answer that is about to be retried (an adaptive limit listens).
         self.on_rate_limited: Callable[[SeedreamAPIError], None] | None = None
+        self._warned: set[str] = set()
         self._settings: dict[str, Any] | None = None
 
     @classmethod
@@ -316,7 +317,9 @@ class SeedreamHook(BaseHook):
         body.update({key: value for key, value in parameters.items() if value is not None})
         body["prompt"] = prompt
         for warning in validate_request(body):
-            self.log.warning("%s", warning)
+            if warning not in self._warned:  # once per hook: a batch of 10,000 prompts says it once
+                self._warned.add(warning)
+                self.log.warning("%s", warning)
         return body
 
     def generate_images(self, prompt: str, **parameters: Any) -> Any:

@@ -37,6 +37,16 @@ BAD_INPUTS: dict[str, tuple[dict, str]] = {
         "image: reference images (10) plus images to generate (6) must be at most 15",
     ),
     "too_many_references": ({"image": ["https://example.com/a.png"] * 15}, "image: at most 14 reference images"),
+    "pro_group": (
+        {"model": "doubao-seedream-5-0-pro-260628", "sequential_image_generation": "auto",
+         "sequential_image_generation_options": {"max_images": 3}},
+        "sequential_image_generation: doubao-seedream-5-0-pro-260628 (seedream-5.0-pro) makes one image per request",
+    ),
+    "pro_4k": ({"model": "doubao-seedream-5-0-pro-260628", "size": "4K"}, "size: doubao-seedream-5-0-pro-260628 (seedream-5.0-pro) takes the presets 1K, 2K"),
+    "pro_references": (
+        {"model": "doubao-seedream-5-0-pro-260628", "image": ["https://example.com/a.png"] * 11},
+        "image: doubao-seedream-5-0-pro-260628 (seedream-5.0-pro) takes at most 10 reference images, got 11",
+    ),
     "malformed_data_uri": ({"image": "data:image/png;base64,@@notbase64@@"}, "image[0]: data URI payload is not valid base64"),
     "uppercase_data_uri": ({"image": "data:image/PNG;base64,AAAA"}, "image[0]: data URI must look like"),
     "missing_local_reference": ({"image": "/no/such/photo.png"}, "image[0]: local file '/no/such/photo.png' does not exist"),

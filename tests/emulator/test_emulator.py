@@ -613,3 +613,15 @@ def test_the_model_list_is_free_and_needs_the_key(emulator: EmulatorServer) -> N
     refused = requests.get(emulator.url + "/v1/models", headers={"Authorization": "Bearer another"}, timeout=10)
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "AuthenticationError"
     assert emulator.stats()["generation_requests"] == 0
+
+
+def test_the_emulator_refuses_what_a_model_family_cannot_do(emulator: EmulatorServer) -> None:
+    pro = "doubao-seedream-5-0-pro-260628"
+    group = {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}
+    refused = generate(emulator, model=pro, size="2K", **group)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "InvalidParameter" and error["param"] == "sequential_image_generation"
+    assert generate(emulator, model=pro, size="4K").json()["error"]["param"] == "size"
+    assert generate(emulator, model=pro, size="2K").status_code == 200
+    assert emulator.stats()["images_generated"] == 1
