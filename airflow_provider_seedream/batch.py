@@ -38,6 +38,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as changed
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_seedream import ledger as states
@@ -101,6 +102,8 @@ class Failure:
     paid: bool
     retryable: bool = True
     unknown: bool = False
+    #: The prompt's ``key`` (a product id), when it was given one; set by the batch.
+    key: str | None = None
 
     @classmethod
     def refused(cls, index: int, code: str, message: str, *, retryable: bool = True, image: int | None = None) -> Failure:
@@ -123,7 +126,8 @@ class Failure:
         return cls(index, image, stage, code, message, paid=True, retryable=retryable)
 
     def describe(self) -> str:
-        where = f"prompt {self.prompt_index}" + (f" image {self.image_index}" if self.image_index is not None else "")
+        where = f"prompt {self.prompt_index}" + (f" (key {self.key!r})" if self.key else "")
+        where += f" image {self.image_index}" if self.image_index is not None else ""
         if self.unknown:
             return f"{where}: outcome unknown, may have been billed (not sent again): {self.message}"
         paid = " (paid for, NOT stored)" if self.paid else ""
@@ -1211,6 +1215,9 @@ class BatchRunner:
         self._finish(job, State.NOT_SENT, report)
 
     def _fail(self, report: BatchReport, failure: Failure, *, quiet: bool = False) -> None:
+        job = self._jobs.get(failure.prompt_index)
+        if job is not None and failure.key is None and not job.stem.endswith(f"{job.index:05d}"):
+            failure = changed(failure, key=job.stem)  # a keyed prompt is named by its key (a product id)
         report.add_failure(failure)
         if not quiet:
             log = self.log.error if failure.paid or failure.unknown else self.log.warning

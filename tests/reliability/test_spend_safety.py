@@ -420,6 +420,15 @@ def test_an_operator_level_reference_is_read_once_per_batch(seedream_emulator, s
     assert seedream_emulator.stats()["references"] == 12
 
 
+def test_a_keyed_prompt_s_failure_names_its_key(seedream_emulator, bucket):
+    prompts = [{"prompt": "a mug", "key": "sku-1"}, {"prompt": "a banned mug [refuse]", "key": "sku-2"}, "an unkeyed mug [refuse]"]
+    with pytest.raises(AirflowFailException) as raised:
+        execute(operator(bucket, prompts))
+    message = str(raised.value)
+    assert "prompt 1 (key 'sku-2'): generation failed: InputTextSensitiveContentDetected" in message
+    assert "prompt 2: generation failed: InputTextSensitiveContentDetected" in message, "an unkeyed prompt has no key"
+
+
 def test_connection_ids_are_templated(seedream_emulator, bucket):
     op = operator(bucket, ["a templated kite"], seedream_conn_id="{{ params.seedream }}", aws_conn_id="{{ params.aws }}")
     op.render_template_fields({"params": {"seedream": "seedream_default", "aws": "aws_default"}})
