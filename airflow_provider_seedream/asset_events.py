@@ -38,3 +38,19 @@ def stored_image_sets(events: Iterable[Any]) -> list[dict[str, Any]]:
             }
         )
     return sets
+
+
+def latest_events(inlet_events: Any, asset: Any) -> list[Any]:
+    """
+    The newest event of ``asset`` among a task's ``inlet_events``, as a list of at most one.
+
+    Airflow 3.2 and later query the newest event alone; 3.1 gives every event of the asset.
+    """
+    from airflow_provider_seedream.version_compat import AIRFLOW_V_3_2_PLUS
+
+    if inlet_events is None:
+        return []
+    events = inlet_events[asset]
+    if AIRFLOW_V_3_2_PLUS:
+        return list(events.ascending(False).limit(1))
+    return sorted(events, key=lambda event: event.timestamp)[-1:]

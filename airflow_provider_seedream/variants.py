@@ -58,7 +58,7 @@ def plan_variants(
     :param s3_hook: the amazon provider's ``S3Hook``.
     :raises AirflowFailException: there is no photo there (a retry would find none either).
     """
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_seedream.version_compat import AirflowFailException
 
     prefix = source_prefix.strip("/")
     prefix = f"{prefix}/" if prefix else ""

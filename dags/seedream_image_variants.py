@@ -94,7 +94,7 @@ with DAG(
     def write_index(planned: list[dict[str, Any]], params: dict[str, Any] | None = None, ti: Any = None) -> str:
         """Write which key holds which variant of which photo; fail if any variant is missing."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow_provider_seedream.version_compat import AirflowFailException
 
         from airflow_provider_seedream.mapped_results import mapped_results
         from airflow_provider_seedream.variants import write_variants_index

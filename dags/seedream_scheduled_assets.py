@@ -86,13 +86,13 @@ with DAG(
 
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        from airflow_provider_seedream.asset_events import stored_image_sets
+        from airflow_provider_seedream.asset_events import latest_events, stored_image_sets
 
         log = logging.getLogger(__name__)
-        events = list((triggering_asset_events or {}).get(BANNERS, []))
+        events = list(triggering_asset_events[BANNERS]) if triggering_asset_events else []
         if not events:
             # Run by hand: use the asset's latest event instead.
-            events = list(inlet_events[BANNERS].ascending(False).limit(1)) if inlet_events is not None else []
+            events = latest_events(inlet_events, BANNERS)
         if not events:
             raise ValueError(f"no event of {BANNERS.uri} yet: run seedream_daily_banner first")
         banners = stored_image_sets(events)

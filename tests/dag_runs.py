@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 
 
+def dag_bag(dag_folder: str):
+    """Airflow's ``DagBag`` over ``dag_folder`` (it moved to ``airflow.dag_processing`` in 3.2)."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:
+        from airflow.models.dagbag import DagBag
+    return DagBag(dag_folder=dag_folder)
+
+
 @lru_cache(maxsize=1)
 def _dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    bag = dag_bag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     assert not bag.import_errors, bag.import_errors
     return bag
 

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 import pytest
 
+from airflow_provider_seedream.version_compat import AirflowFailException
 from tests.dag_runs import airflow_dags_test
 from tests.dags.bad_inputs import BAD_INPUTS, RETRIES
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 DAG_ID = "seedream_test_bad_input"
-FAIL_FOR_GOOD = "airflow.sdk.exceptions.AirflowFailException"
+# The exception that fails a task without retry, by the dotted name its traceback prints.
+FAIL_FOR_GOOD = f"{AirflowFailException.__module__}.{AirflowFailException.__qualname__}"
 _STARTING = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
 _ENDING = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
 _RUN_ID = re.compile(r"<TaskInstance: " + re.escape(DAG_ID) + r"\.\S+ (\S+) \[")

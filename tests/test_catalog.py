@@ -184,7 +184,7 @@ def test_max_products_takes_the_first_rows(s3_client, bucket):
          "no-template", "format"],
 )
 def test_bad_catalogs_fail_before_anything_is_written(s3_client, bucket, body, arguments, message):
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_seedream.version_compat import AirflowFailException
 
     if body is not None:
         s3_client.put_object(Bucket=bucket, Key="c.jsonl", Body=body)
@@ -197,7 +197,7 @@ def test_bad_catalogs_fail_before_anything_is_written(s3_client, bucket, body, a
 
 
 def test_more_chunks_than_airflow_can_map_are_refused(s3_client, bucket):
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_seedream.version_compat import AirflowFailException
 
     rows = [{"id": f"P{n}", "name": "n", "colour": "c"} for n in range(1025)]
     s3_client.put_object(Bucket=bucket, Key="c.jsonl", Body=jsonl(rows))

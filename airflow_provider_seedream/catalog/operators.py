@@ -39,7 +39,7 @@ class CatalogChunkToS3Operator(SeedreamToS3Operator):
         self.catalog_plan = catalog_plan
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow_provider_seedream.version_compat import AirflowFailException
         from airflow_provider_seedream.catalog.plan import CatalogPlan, chunk_prompts, load_chunk
         from airflow_provider_seedream.catalog.rows import CatalogError
 
@@ -115,7 +115,7 @@ class CatalogReportOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow_provider_seedream.version_compat import AirflowFailException
         from airflow_provider_seedream.catalog.plan import CatalogPlan
         from airflow_provider_seedream.catalog.report import write_report
         from airflow_provider_seedream.mapped_results import mapped_results

@@ -119,8 +119,8 @@ def prepare_catalog(
         id, lacks a field the template uses or renders an empty prompt, or an argument is bad.
         The message names the row's line and id, or the param. A retry would fail the same way.
     """
-    from airflow.sdk.configuration import conf
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_seedream.version_compat import conf
+    from airflow_provider_seedream.version_compat import AirflowFailException
 
     try:
         return _prepare(

@@ -214,7 +214,7 @@ class SeedreamToS3Operator(BaseOperator):
         return S3Hook(aws_conn_id=self.aws_conn_id, config=config.merge(pool))
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow_provider_seedream.version_compat import AirflowFailException
         from airflow_provider_seedream.batch import BatchError, BatchInterrupted, BatchRunner
         from airflow_provider_seedream.ledger import Budget, Ledger
         from airflow_provider_seedream.planning import GENERATION_FIELDS, RequestPlanner, prompt_items, unkeyed_folder
@@ -307,7 +307,7 @@ class SeedreamToS3Operator(BaseOperator):
         """Render the templated fields; a template that cannot render fails the task without retries."""
         from jinja2 import TemplateError
 
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow_provider_seedream.version_compat import AirflowFailException
 
         try:
             super().render_template_fields(context, jinja_env)
@@ -381,7 +381,7 @@ class SeedreamToS3Operator(BaseOperator):
 
     def _check_connections(self) -> None:
         from airflow.sdk import BaseHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
+        from airflow_provider_seedream.version_compat import AirflowNotFoundException
 
         try:
             self.hook.settings

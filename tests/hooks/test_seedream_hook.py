@@ -501,7 +501,7 @@ def test_repr_hides_signatures_and_payloads(hook):
 
 
 def test_unknown_connection_names_itself():
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow_provider_seedream.version_compat import AirflowNotFoundException
 
     with pytest.raises(AirflowNotFoundException, match="no_such_conn"):
         SeedreamHook("no_such_conn").settings

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow_provider_seedream.version_compat import AirflowFailException
 from airflow_provider_seedream.ledger import TRANSITIONS, IllegalTransition, Ledger, Owner, link_expiry
 from tests.conftest import FIGURES
 from tests.emulator.support import quiet_stats
@@ -79,7 +79,7 @@ def test_a_key_belongs_to_the_task_that_made_it(seedream_emulator, s3_client, bu
 
 
 def test_the_budget_holds_across_tries_that_time_out(seedream_emulator, s3_client, bucket):
-    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow_provider_seedream.version_compat import AirflowTaskTimeout
     from airflow.sdk.execution_time.timeout import timeout
 
     seedream_emulator.configure(latency=0.4)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow_provider_seedream.version_compat import AirflowFailException
 from airflow_provider_seedream.batch import BatchError
 from airflow_provider_seedream.ledger import record_stem
 from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
@@ -104,7 +104,7 @@ def accounted(emulator, s3_client, bucket: str, prefix: str = "p/") -> tuple[int
 
 
 def test_execution_timeout_stops_sending_at_once_and_keeps_what_was_paid(seedream_emulator, s3_client, bucket):
-    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow_provider_seedream.version_compat import AirflowTaskTimeout
     from airflow.sdk.execution_time.timeout import timeout
 
     seedream_emulator.configure(latency=0.5)
@@ -460,7 +460,7 @@ def test_a_streamed_group_is_stored_image_by_image_and_reused_whole(seedream_emu
 
 
 def test_a_stopped_stream_keeps_the_images_it_delivered(seedream_emulator, s3_client, bucket):
-    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow_provider_seedream.version_compat import AirflowTaskTimeout
     from airflow.sdk.execution_time.timeout import timeout
 
     # One image a second; what is made after the client leaves is not billed, so billing shows
