@@ -9,7 +9,7 @@ E2E_STAMP := $(VENV)/.installed-e2e
 E2E_SYSTEM_PACKAGES := redis-server chromium
 PYTEST_ARGS ?=
 
-.PHONY: install test e2e e2e-system demo bench mutants clean
+.PHONY: install test e2e e2e-system demo bench mutants compat compat-constraints clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,44 @@ $(E2E_STAMP): $(STAMP) setup.cfg constraints.txt
 e2e: e2e-system $(E2E_STAMP)
 	SEEDREAM_E2E=1 $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
+# Each supported Airflow minor in a virtual environment of its own, with a constraints file of its
+# own (constraints/airflow-<minor>.txt: the latest patch, with the libraries of its release date).
+# The hook, operator, catalog and DAG tests and the real-deployment tier run on each.
+COMPAT_MINORS ?= 3.1 3.2 3.3
+COMPAT_TESTS ?= tests/hooks tests/operators tests/test_catalog.py tests/test_example_dags.py tests/test_provider.py tests/deployment
+# Release date of each minor's latest patch plus a week: the newest libraries its constraints take.
+COMPAT_CUTOFF_3.1 := 2026-03-18
+COMPAT_CUTOFF_3.2 := 2026-06-05
+COMPAT_CUTOFF_3.3 := 2026-09-24
+COMPAT_AIRFLOW_3.1 := 3.1.8
+COMPAT_AIRFLOW_3.2 := 3.2.2
+COMPAT_AIRFLOW_3.3 := 3.3.2
+
+.venv-compat-%/.installed: constraints/airflow-%.txt setup.cfg pyproject.toml
+	test -x .venv-compat-$*/bin/python || $(PYTHON) -m venv .venv-compat-$*
+	.venv-compat-$*/bin/python -m pip install --quiet --constraint constraints/airflow-$*.txt \
+		"apache-airflow==$(COMPAT_AIRFLOW_$*)" --editable ".[test]"
+	touch $@
+
+compat-%: .venv-compat-%/.installed
+	@echo "== Airflow $$(.venv-compat-$*/bin/python -c 'import airflow; print(airflow.__version__)')"
+	.venv-compat-$*/bin/python -m pytest -p no:cacheprovider $(COMPAT_TESTS) $(PYTEST_ARGS)
+
+compat: $(addprefix compat-,$(COMPAT_MINORS))
+
+# Rewrites constraints/airflow-<minor>.txt with uv's resolver limited to packages released by the
+# cutoff; run it when a new patch of a minor is supported.
+compat-constraints:
+	test -x .venv-tools/bin/uv || ($(PYTHON) -m venv .venv-tools && .venv-tools/bin/pip install --quiet "uv==0.13.9")
+	for minor in $(COMPAT_MINORS); do \
+		case $$minor in 3.1) airflow=$(COMPAT_AIRFLOW_3.1) cutoff=$(COMPAT_CUTOFF_3.1);; \
+			3.2) airflow=$(COMPAT_AIRFLOW_3.2) cutoff=$(COMPAT_CUTOFF_3.2);; \
+			3.3) airflow=$(COMPAT_AIRFLOW_3.3) cutoff=$(COMPAT_CUTOFF_3.3);; esac; \
+		printf 'apache-airflow==%s\n-e .[test]\n' $$airflow | .venv-tools/bin/uv pip compile --quiet \
+			--python-version 3.11 --exclude-newer $$cutoff --no-header --no-annotate - \
+			| grep -v '^-e ' > constraints/airflow-$$minor.txt; \
+	done
+
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
@@ -56,4 +94,4 @@ mutants: $(STAMP)
 	$(BIN)/mutmut results
 
 clean:
-	rm -rf $(VENV) .airflow .demo tests/e2e/artifacts build *.egg-info mutants
+	rm -rf $(VENV) .venv-compat-* .venv-tools .airflow .demo tests/e2e/artifacts build *.egg-info mutants

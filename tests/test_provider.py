@@ -114,3 +114,34 @@ def test_provider_info_is_valid_against_the_installed_core_s_schema():
     assert {entry["integration-name"] for entry in info["hooks"] + info["operators"]} <= {
         entry["integration-name"] for entry in info["integrations"]
     }
+
+
+def test_the_supported_range_is_the_range_make_compat_proves():
+    import configparser
+    import re
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from airflow_provider_seedream.version_compat import AIRFLOW_VERSION, MINIMUM_AIRFLOW
+
+    root = Path(__file__).resolve().parent.parent
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    [airflow] = [
+        Requirement(line) for line in setup["options"]["install_requires"].split("\n")
+        if line.strip().startswith("apache-airflow>")
+    ]
+    floor = min(Version(spec.version) for spec in airflow.specifier if spec.operator == ">=")
+    assert floor == MINIMUM_AIRFLOW
+    assert airflow.specifier.contains(str(AIRFLOW_VERSION))
+
+    makefile = (root / "Makefile").read_text()
+    minors = re.search(r"^COMPAT_MINORS \?= (.+)$", makefile, re.MULTILINE).group(1).split()
+    assert minors[0] == f"{MINIMUM_AIRFLOW.major}.{MINIMUM_AIRFLOW.minor}"
+    assert f"{AIRFLOW_VERSION.major}.{AIRFLOW_VERSION.minor}" in minors
+    for minor in minors:
+        pinned = re.search(rf"^apache-airflow==({re.escape(minor)}\.\d+)$",
+                           (root / "constraints" / f"airflow-{minor}.txt").read_text(), re.MULTILINE)
+        assert pinned, f"constraints/airflow-{minor}.txt pins no Airflow {minor}.x"
+        assert re.search(rf"^COMPAT_AIRFLOW_{re.escape(minor)} := {re.escape(pinned.group(1))}$", makefile, re.MULTILINE)
