@@ -9,7 +9,7 @@ E2E_STAMP := $(VENV)/.installed-e2e
 E2E_SYSTEM_PACKAGES := redis-server chromium
 PYTEST_ARGS ?=
 
-.PHONY: install test e2e e2e-system demo bench mutants compat compat-constraints clean
+.PHONY: install test e2e e2e-system demo bench lint mutants compat compat-constraints dist clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,14 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Static checks, pinned in the dev extra: ruff's lint and format check, and mypy on the package.
+LINTED := airflow_provider_seedream dags scripts
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The system packages of the e2e tier: installed with apt as root, else the command to run is printed.
@@ -80,6 +87,20 @@ compat-constraints:
 			| grep -v '^-e ' > constraints/airflow-$$minor.txt; \
 	done
 
+# The wheel and sdist, checked by twine, then the wheel installed as the README says into a fresh
+# virtual environment, where Airflow must list the provider and its connection type.
+DIST_VENV := .venv-dist
+dist: $(STAMP)
+	rm -rf dist build $(DIST_VENV)
+	$(BIN)/python -m pip install --quiet "build==1.3.0" "twine==6.2.0"
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install --quiet --constraint constraints.txt \
+		"$$(ls dist/*.whl)[emulator]"
+	cd /tmp && AIRFLOW_HOME=$(CURDIR)/$(DIST_VENV)/airflow-home $(CURDIR)/$(DIST_VENV)/bin/python \
+		$(CURDIR)/scripts/check_install.py
+
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
@@ -94,4 +115,4 @@ mutants: $(STAMP)
 	$(BIN)/mutmut results
 
 clean:
-	rm -rf $(VENV) .venv-compat-* .venv-tools .airflow .demo tests/e2e/artifacts build *.egg-info mutants
+	rm -rf $(VENV) .venv-compat-* .venv-tools $(DIST_VENV) dist .airflow .demo tests/e2e/artifacts build *.egg-info mutants

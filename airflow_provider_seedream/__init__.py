@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 CONNECTION_UI: dict[str, Any] = {
     "hidden-fields": ["schema", "port", "login"],
@@ -60,9 +60,7 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["ai"],
             }
         ],
-        "hooks": [
-            {"integration-name": "Seedream", "python-modules": ["airflow_provider_seedream.hooks.seedream"]}
-        ],
+        "hooks": [{"integration-name": "Seedream", "python-modules": ["airflow_provider_seedream.hooks.seedream"]}],
         "operators": [
             {"integration-name": "Seedream", "python-modules": ["airflow_provider_seedream.operators.seedream"]}
         ],

@@ -23,7 +23,11 @@ def stored_image_sets(events: Iterable[Any]) -> list[dict[str, Any]]:
         bucket, keys = extra.get("bucket"), list(extra.get("keys") or [])
         log.info(
             "New images from %s (%s): %d under s3://%s/%s",
-            event.source_dag_id, event.timestamp, len(keys), bucket, extra.get("prefix"),
+            event.source_dag_id,
+            event.timestamp,
+            len(keys),
+            bucket,
+            extra.get("prefix"),
         )
         for key in keys:
             log.info("  s3://%s/%s", bucket, key)

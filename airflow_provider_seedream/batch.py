@@ -29,8 +29,8 @@ keeps the task's process alive.
 
 from __future__ import annotations
 
+import contextlib
 import enum
-import logging
 import queue
 import tempfile
 import threading
@@ -39,7 +39,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as changed
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_seedream import ledger as states
 from airflow_provider_seedream.concurrency import AdaptiveLimit
@@ -106,7 +106,9 @@ class Failure:
     key: str | None = None
 
     @classmethod
-    def refused(cls, index: int, code: str, message: str, *, retryable: bool = True, image: int | None = None) -> Failure:
+    def refused(
+        cls, index: int, code: str, message: str, *, retryable: bool = True, image: int | None = None
+    ) -> Failure:
         """The service (or a check) refused it: nothing was paid."""
         return cls(index, image, "generation", code, message, paid=False, retryable=retryable)
 
@@ -217,7 +219,9 @@ class BatchReport:
         if self.stop_reason:
             lines.append(f"The batch stopped: {self.stop_reason}.")
         if self.accepted_lost:
-            lines.append(f"Unknown outcomes accepted as lost (resolve_unknown='accept'): prompts {self.accepted_lost[:50]}")
+            lines.append(
+                f"Unknown outcomes accepted as lost (resolve_unknown='accept'): prompts {self.accepted_lost[:50]}"
+            )
         if self.not_sent:
             shown = ", ".join(str(index) for index in self.not_sent[:50])
             lines.append(f"Prompts not sent: {shown}" + (" ..." if len(self.not_sent) > 50 else ""))
@@ -286,6 +290,18 @@ class _Decision:
     message: str = ""
 
 
+class TaskLog(Protocol):
+    """Where a batch's progress goes: a :class:`logging.Logger`, or the task's own ``self.log``."""
+
+    def debug(self, msg: str, /, *args: Any) -> Any: ...
+
+    def info(self, msg: str, /, *args: Any) -> Any: ...
+
+    def warning(self, msg: str, /, *args: Any) -> Any: ...
+
+    def error(self, msg: str, /, *args: Any) -> Any: ...
+
+
 class BatchRunner:
     """
     Run prompt jobs on daemon threads sharing one hook (one pooled HTTP session) and one store.
@@ -314,7 +330,7 @@ class BatchRunner:
         transport: Transport,
         replace: bool,
         max_concurrency: int,
-        log: logging.Logger,
+        log: TaskLog,
         budget: Budget | None = None,
         resolve_unknown: str = "fail",
         claim_wait_seconds: float = CLAIM_WAIT_SECONDS,
@@ -400,10 +416,14 @@ class BatchRunner:
         for job in to_generate:
             work.put(job)
         threads = [
-            threading.Thread(target=self._generation_worker, args=(work, transfers, report), daemon=True, name=f"seedream-{n}")
+            threading.Thread(
+                target=self._generation_worker, args=(work, transfers, report), daemon=True, name=f"seedream-{n}"
+            )
             for n in range(min(self.max_concurrency, len(to_generate)))
         ] + [
-            threading.Thread(target=self._transfer_worker, args=(transfers, report), daemon=True, name=f"seedream-transfer-{n}")
+            threading.Thread(
+                target=self._transfer_worker, args=(transfers, report), daemon=True, name=f"seedream-transfer-{n}"
+            )
             for n in range(self.max_concurrency)
         ]
         try:
@@ -427,7 +447,9 @@ class BatchRunner:
 
     # -- what the ledger says ---------------------------------------------------------------------
 
-    def _plan(self, jobs: list[PromptJob], report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]) -> list[PromptJob]:
+    def _plan(
+        self, jobs: list[PromptJob], report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]
+    ) -> list[PromptJob]:
         """Read the ledger with one listing; log the plan before any money is spent.
 
         A record whose etag in the listing is the one this task instance's index holds is taken
@@ -447,7 +469,9 @@ class BatchRunner:
                 records[job.index] = entry[1]
             else:
                 unread.append(job)
-        with ThreadPoolExecutor(max_workers=min(32, 2 * self.max_concurrency), thread_name_prefix="seedream-plan") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(32, 2 * self.max_concurrency), thread_name_prefix="seedream-plan"
+        ) as pool:
             records.update(pool.map(lambda job: (job.index, self.ledger.load(job.stem)), unread))
         with self._changed:
             self._open = len(jobs)
@@ -490,15 +514,21 @@ class BatchRunner:
         same = record.fingerprint == job.fingerprint
         if not same and not self.replace and owner is not None and not owner.same_task(me):
             where = self.store.key_for(job.stem, 0, job.extension)
-            return _Decision(_Action.CONFLICT, record, (
-                f"key {job.stem!r} (s3://{self.store.bucket}/{where}) belongs to task {owner.task} "
-                f"(run {owner.run_id!r}), which made it from a different prompt or parameters; give this prompt "
-                "another key, or set replace=True to take the key over"
-            ))
+            return _Decision(
+                _Action.CONFLICT,
+                record,
+                (
+                    f"key {job.stem!r} (s3://{self.store.bucket}/{where}) belongs to task {owner.task} "
+                    f"(run {owner.run_id!r}), which made it from a different prompt or parameters; give this prompt "
+                    "another key, or set replace=True to take the key over"
+                ),
+            )
         status = record.status
         if status in (states.CLAIMED, states.ANSWERED):
             if self.ledger.alive(owner):
-                return _Decision(_Action.WAIT, record, f"claimed by {owner.describe() if owner else 'an unknown owner'}")
+                return _Decision(
+                    _Action.WAIT, record, f"claimed by {owner.describe() if owner else 'an unknown owner'}"
+                )
             if status == states.CLAIMED or not same:
                 return self._dead_claim(job, record)
             if not record.linked_images:
@@ -506,22 +536,32 @@ class BatchRunner:
             return _Decision(_Action.RESUME, record)
         if not same:
             if status == states.UNKNOWN:
-                self.log.warning("Prompt %d: an earlier request for another prompt under key %r had an unknown outcome (%s); "
-                                 "the prompt changed, so it is generated", job.index, job.stem, record.reason)
+                self.log.warning(
+                    "Prompt %d: an earlier request for another prompt under key %r had an unknown outcome (%s); "
+                    "the prompt changed, so it is generated",
+                    job.index,
+                    job.stem,
+                    record.reason,
+                )
             return _Decision(_Action.GENERATE, record)
         if status == states.STORED:
             run = owner.run_id if owner is not None else None
             if self.replace and run != me.run_id:
                 return _Decision(_Action.GENERATE, record)
             if present is not None and any(image["key"] not in present for image in record.stored_images):
-                self.log.warning("Prompt %d: an image of key %r was deleted from S3: it is generated again", job.index, job.stem)
+                self.log.warning(
+                    "Prompt %d: an image of key %r was deleted from S3: it is generated again", job.index, job.stem
+                )
                 return _Decision(_Action.GENERATE, record)
             return _Decision(_Action.REUSE, record)
         if status == states.UNKNOWN:
             resolution = "retry" if self.hook.retry_unknown_outcome else self.resolve_unknown
             if resolution == "retry":
-                self.log.warning("Prompt %d: its earlier outcome was unknown (%s); it is sent again, as asked",
-                                 job.index, record.reason)
+                self.log.warning(
+                    "Prompt %d: its earlier outcome was unknown (%s); it is sent again, as asked",
+                    job.index,
+                    record.reason,
+                )
                 return _Decision(_Action.GENERATE, record)
             if resolution == "accept":
                 return _Decision(_Action.ACCEPT, record)
@@ -534,7 +574,8 @@ class BatchRunner:
 
     def _dead_claim(self, job: PromptJob, record: Record) -> _Decision:
         owner = record.owned_by
-        reason = f"left {record.status} by {owner.describe() if owner else 'an unknown owner'}, which ended before settling it"
+        by = owner.describe() if owner else "an unknown owner"
+        reason = f"left {record.status} by {by}, which ended before settling it"
         try:
             record = self.ledger.write(job.stem, states.UNKNOWN, reason=reason[:300])
         except LedgerConflict:
@@ -557,7 +598,9 @@ class BatchRunner:
             record = self.ledger.load(job.stem) or record
         return self._decide(job, record)
 
-    def _apply(self, job: PromptJob, decision: _Decision, report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]) -> None:
+    def _apply(
+        self, job: PromptJob, decision: _Decision, report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]
+    ) -> None:
         """Carry out a decision that sends nothing."""
         record = decision.record
         assert record is not None
@@ -576,7 +619,9 @@ class BatchRunner:
                 self._finish(job, State.FAILED, report)
                 return
             report.add_accepted_lost(job.index)
-            self.log.warning("Prompt %d: its unknown outcome (%s) is accepted as lost, as asked", job.index, record.reason)
+            self.log.warning(
+                "Prompt %d: its unknown outcome (%s) is accepted as lost, as asked", job.index, record.reason
+            )
             self._finish(job, State.NOT_SENT, report)
         elif decision.action is _Action.UNKNOWN:
             self._unknown_earlier(job, record, report)
@@ -593,7 +638,9 @@ class BatchRunner:
         )
         self._fail(report, Failure.unknown_outcome(job.index, message))
 
-    def _resume(self, job: PromptJob, record: Record, report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]) -> None:
+    def _resume(
+        self, job: PromptJob, record: Record, report: BatchReport, transfers: queue.SimpleQueue[_Transfer | None]
+    ) -> None:
         """Store the images an earlier try paid for, from their links; the record becomes this try's."""
         if record.owner.get("token") != self.ledger.owner.token:
             try:
@@ -610,7 +657,10 @@ class BatchRunner:
             self._set_state(job, State.UNKNOWN)
         else:
             self._set_state(job, State.ANSWERED)
-        images = [GeneratedImage(index=int(image["index"]), url=image["url"], size=image.get("size")) for image in record.linked_images]
+        images = [
+            GeneratedImage(index=int(image["index"]), url=image["url"], size=image.get("size"))
+            for image in record.linked_images
+        ]
         result = GenerationResult(images=images, usage={}, model=record.model, request_id=record.request_id)
         with self._changed:
             progress.outstanding = 1
@@ -694,10 +744,8 @@ class BatchRunner:
     def _finished(self, report: BatchReport) -> BatchReport:
         budget = None
         if self.budget is not None:
-            try:
+            with contextlib.suppress(StorageError):
                 budget = self.budget.describe()
-            except StorageError:
-                pass
         report.close(self._stop_reason, self._stop_retryable, budget)
         return report
 
@@ -914,7 +962,10 @@ class BatchRunner:
         for image in images:
             if image.url:
                 entries[image.index] = {
-                    "index": image.index, "url": image.url, "expires_at": link_expiry(image.url), "size": image.size,
+                    "index": image.index,
+                    "url": image.url,
+                    "expires_at": link_expiry(image.url),
+                    "size": image.size,
                 }
             elif image.error_code:
                 entries[image.index] = {"index": image.index, "error": image.error_code}
@@ -936,7 +987,9 @@ class BatchRunner:
             self.log.error("Prompt %d: the ledger did not take its %s record: %s", job.index, status, error)
             if images and status in (states.ANSWERED, states.UNKNOWN) and current is not None:
                 path = self.ledger.keep_locally(job.stem, status, images=images, **changes)
-                self.log.error("Prompt %d: its paid links are kept at %s on this machine, for a retry here", job.index, path)
+                self.log.error(
+                    "Prompt %d: its paid links are kept at %s on this machine, for a retry here", job.index, path
+                )
                 self.stop(
                     f"S3 did not take the ledger record of paid links; it is kept at {path} on this machine "
                     "and nothing more is sent, so that no more is paid for than can be stored"
@@ -948,7 +1001,11 @@ class BatchRunner:
     # -- answers -------------------------------------------------------------------------------
 
     def _answered(
-        self, job: PromptJob, result: GenerationResult, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport
+        self,
+        job: PromptJob,
+        result: GenerationResult,
+        transfers: queue.SimpleQueue[_Transfer | None],
+        report: BatchReport,
     ) -> None:
         self._count_usage(job, result.usage, len(result.succeeded), report)
         progress = self._progress[job.index]
@@ -969,12 +1026,20 @@ class BatchRunner:
         # Recorded before the slot is freed, so an interruption loses no paid link.
         with self.ledger.lock(job.stem):
             self._note(job, result.images)
-            self._write_record(job, states.ANSWERED, model=result.model, request_id=result.request_id, complete=True,
-                               billed=int(result.usage.get("generated_images", len(result.succeeded))))
+            self._write_record(
+                job,
+                states.ANSWERED,
+                model=result.model,
+                request_id=result.request_id,
+                complete=True,
+                billed=int(result.usage.get("generated_images", len(result.succeeded))),
+            )
         self._enqueue(transfers, job, result)
         self._release(job, report)
 
-    def _generate_streamed(self, job: PromptJob, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport) -> None:
+    def _generate_streamed(
+        self, job: PromptJob, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport
+    ) -> None:
         """Hand each streamed image to the transfer threads as it arrives, its link recorded first.
 
         An interrupted task stops reading at once (closing the stream): the images received
@@ -1050,7 +1115,11 @@ class BatchRunner:
         self._release(job, report, complete=False)
 
     def _refused(
-        self, job: PromptJob, error: SeedreamAPIError, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport
+        self,
+        job: PromptJob,
+        error: SeedreamAPIError,
+        transfers: queue.SimpleQueue[_Transfer | None],
+        report: BatchReport,
     ) -> None:
         code = error.code or f"HTTP{error.status}"
         if error.status in ACCOUNT_STATUSES or error.code in NON_RETRYABLE_429_CODES:
@@ -1072,7 +1141,9 @@ class BatchRunner:
 
     # -- transfer threads --------------------------------------------------------------------
 
-    def _enqueue(self, transfers: queue.SimpleQueue[_Transfer | None], job: PromptJob, result: GenerationResult) -> None:
+    def _enqueue(
+        self, transfers: queue.SimpleQueue[_Transfer | None], job: PromptJob, result: GenerationResult
+    ) -> None:
         with self._changed:
             self._progress[job.index].outstanding += 1
         transfers.put((job, result))
@@ -1087,7 +1158,9 @@ class BatchRunner:
                 complete, stored = False, []
             self._release(job, report, complete=complete, stored=stored)
 
-    def _store_answer(self, job: PromptJob, result: GenerationResult, report: BatchReport) -> tuple[bool, list[StoredObject]]:
+    def _store_answer(
+        self, job: PromptJob, result: GenerationResult, report: BatchReport
+    ) -> tuple[bool, list[StoredObject]]:
         """Store every image of one answer: whether all were, and what was stored."""
         complete, stored = True, []
         for image in result.images:
@@ -1115,8 +1188,14 @@ class BatchRunner:
             progress.complete &= complete
             for item in stored or []:
                 progress.entries[item.image_index] = {
-                    "index": item.image_index, "key": item.key, "bucket": item.bucket, "bytes": item.bytes,
-                    "sha256": item.sha256, "content_type": item.content_type, "size": item.size, "model": item.model,
+                    "index": item.image_index,
+                    "key": item.key,
+                    "bucket": item.bucket,
+                    "bytes": item.bytes,
+                    "sha256": item.sha256,
+                    "content_type": item.content_type,
+                    "size": item.size,
+                    "model": item.model,
                 }
             progress.outstanding -= 1
             if progress.outstanding > 0:
@@ -1141,10 +1220,15 @@ class BatchRunner:
             self._write_record(job, states.UNKNOWN, reason=progress.lost[:300])
         elif not progress.whole:
             received = len(progress.received) or len(progress.entries)
-            reason = f"the answer ended before it was whole: {received} of up to {job.requested_images} image(s) arrived"
+            reason = (
+                f"the answer ended before it was whole: {received} of up to {job.requested_images} image(s) arrived"
+            )
             self._write_record(job, states.UNKNOWN, reason=reason)
         elif lost:
-            reason = f"{len(lost)} image(s) paid for could not be stored and their links cannot be used again: {lost[0]['lost']}"
+            reason = (
+                f"{len(lost)} image(s) paid for could not be stored and their links cannot be used again: "
+                f"{lost[0]['lost']}"
+            )
             self._write_record(job, states.UNKNOWN, reason=reason[:300])
         elif linked:
             self._write_record(job, states.ANSWERED)  # what was stored so far, and the links a retry stores
@@ -1187,7 +1271,12 @@ class BatchRunner:
             if not retryable:  # its link cannot be used again: the paid image is lost, and the ledger says so
                 with self._changed:
                     self._progress[job.index].entries[image.index] = {"index": image.index, "lost": message[:200]}
-            self._fail(report, Failure.lost_image(job.index, image.index, "download", type(error).__name__, message, retryable=retryable))
+            self._fail(
+                report,
+                Failure.lost_image(
+                    job.index, image.index, "download", type(error).__name__, message, retryable=retryable
+                ),
+            )
             return None
         finally:
             if image.spool is not None:

@@ -62,7 +62,13 @@ _CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestCon
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 CLAIMED, ANSWERED, STORED, UNKNOWN, REFUSED, RELEASED, LOST = (
-    "claimed", "answered", "stored", "unknown", "refused", "released", "lost"
+    "claimed",
+    "answered",
+    "stored",
+    "unknown",
+    "refused",
+    "released",
+    "lost",
 )
 #: Every change a record may make; anything else raises :class:`IllegalTransition`.
 TRANSITIONS: dict[str | None, frozenset[str]] = {
@@ -122,7 +128,10 @@ class Owner:
     def earlier_try_of(self, other: Owner) -> bool:
         """Whether this is an earlier try of ``other``'s task instance, so certainly over."""
         same = (self.dag_id, self.task_id, self.run_id, self.map_index) == (
-            other.dag_id, other.task_id, other.run_id, other.map_index
+            other.dag_id,
+            other.task_id,
+            other.run_id,
+            other.map_index,
         )
         return same and self.try_number < other.try_number
 
@@ -193,7 +202,8 @@ class Record:
         """Images paid for and not stored whose link is still alive."""
         deadline = time.time() + LINK_MARGIN_SECONDS
         return [
-            image for image in self.images
+            image
+            for image in self.images
             if image.get("url") and not image.get("key") and float(image.get("expires_at", 0)) > deadline
         ]
 
@@ -201,7 +211,9 @@ class Record:
     def expired_images(self) -> list[dict[str, Any]]:
         """Images paid for and not stored whose link died."""
         alive = {image["index"] for image in self.linked_images}
-        return [image for image in self.images if image.get("url") and not image.get("key") and image["index"] not in alive]
+        return [
+            image for image in self.images if image.get("url") and not image.get("key") and image["index"] not in alive
+        ]
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
@@ -303,7 +315,7 @@ class Ledger:
                 if not key.startswith(folder):
                     keys.add(key)
                     continue
-                stem = record_stem(key[len(folder):])
+                stem = record_stem(key[len(folder) :])
                 if stem is not None:
                     stems[stem] = item.get("ETag")
         if self.local_folder.is_dir():
@@ -319,8 +331,11 @@ class Ledger:
             return {stem: (entry["etag"], Record.from_dict(entry["record"])) for stem, entry in entries.items()}
         except Exception as error:  # missing, or not an index: every record is then read by itself
             if client_error_code(error) not in _MISSING_CODES:
-                log.warning("The ledger index %s could not be read (%s); records are read one by one",
-                            self.index_key(), type(error).__name__)
+                log.warning(
+                    "The ledger index %s could not be read (%s); records are read one by one",
+                    self.index_key(),
+                    type(error).__name__,
+                )
             return {}
 
     def adopt(self, stem: str, etag: str, record: Record) -> None:
@@ -346,7 +361,9 @@ class Ledger:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self.index_key(), Body=body, ContentType="application/json")
         except Exception as error:
-            raise StorageError(f"the ledger index was not written: {type(error).__name__}", client_error_code(error)) from None
+            raise StorageError(
+                f"the ledger index was not written: {type(error).__name__}", client_error_code(error)
+            ) from None
         return len(entries)
 
     def load(self, stem: str) -> Record | None:
@@ -414,20 +431,25 @@ class Ledger:
                 current,
                 status=status,
                 at=now,
-                history=(current.history + (f"{before}->{status}",))[-20:],
+                history=(*current.history, f"{before}->{status}")[-20:],
                 **changes,
             )
         conditions = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
             answer = self.client.put_object(
-                Bucket=self.bucket, Key=self.record_key(stem), Body=record.to_json(), ContentType="application/json",
+                Bucket=self.bucket,
+                Key=self.record_key(stem),
+                Body=record.to_json(),
+                ContentType="application/json",
                 **conditions,
             )
         except Exception as error:
             code = client_error_code(error)
             if code in _CONFLICT_CODES or (etag and code in _MISSING_CODES):
                 raise LedgerConflict(f"the ledger record of {stem!r} was changed by another process", code) from None
-            raise StorageError(f"the ledger record of {stem!r} was not written: {type(error).__name__} ({code})", code) from None
+            raise StorageError(
+                f"the ledger record of {stem!r} was not written: {type(error).__name__} ({code})", code
+            ) from None
         with self._guard:
             self._etags[stem] = answer.get("ETag")
             self._records[stem] = record
@@ -518,7 +540,13 @@ class Budget:
     def for_task(cls, ledger: Ledger, limit: int) -> Budget:
         owner = ledger.owner
         name = "/".join(quote(part, safe="") for part in (owner.dag_id, owner.task_id, owner.run_id))
-        return cls(ledger.client, ledger.bucket, ledger._full(f"{LEDGER_FOLDER}/{BUDGET_FOLDER}/{name}.json"), limit, owner.token)
+        return cls(
+            ledger.client,
+            ledger.bucket,
+            ledger._full(f"{LEDGER_FOLDER}/{BUDGET_FOLDER}/{name}.json"),
+            limit,
+            owner.token,
+        )
 
     def read(self) -> tuple[dict[str, Any], str | None]:
         try:
@@ -527,7 +555,9 @@ class Budget:
         except Exception as error:
             if client_error_code(error) in _MISSING_CODES:
                 return {"billed": 0, "holds": {}}, None  # every state this class writes has both
-            raise StorageError(f"the budget record could not be read: {type(error).__name__}", client_error_code(error)) from None
+            raise StorageError(
+                f"the budget record could not be read: {type(error).__name__}", client_error_code(error)
+            ) from None
 
     @staticmethod
     def spent(state: dict[str, Any]) -> tuple[int, int]:
@@ -542,14 +572,19 @@ class Budget:
                 conditions = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
                 try:
                     self.client.put_object(
-                        Bucket=self.bucket, Key=self.key, Body=json.dumps(state).encode(),
-                        ContentType="application/json", **conditions,
+                        Bucket=self.bucket,
+                        Key=self.key,
+                        Body=json.dumps(state).encode(),
+                        ContentType="application/json",
+                        **conditions,
                     )
                     return state
                 except Exception as error:
                     code = client_error_code(error)
                     if code not in _CONFLICT_CODES:
-                        raise StorageError(f"the budget record was not written: {type(error).__name__} ({code})", code) from None
+                        raise StorageError(
+                            f"the budget record was not written: {type(error).__name__} ({code})", code
+                        ) from None
                     time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
             raise StorageError("the budget record kept changing under this task: nothing more is sent")
 
@@ -583,4 +618,3 @@ class Budget:
         billed, held = self.spent(state)
         left = max(0, self.limit - billed - held)
         return f"budget {self.limit} image(s) for this task in this run: {billed} billed, {held} held, {left} left"
-

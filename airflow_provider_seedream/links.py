@@ -135,4 +135,3 @@ class CatalogGalleryLink(S3Link):
 
     name = "Catalog gallery"
     key = "seedream_gallery_link"
-

@@ -95,7 +95,8 @@ def prompt_items(prompt: Any) -> list[dict[str, Any]]:
         unknown = set(item) - PROMPT_ITEM_FIELDS - {"prompt"}
         if unknown:
             raise SeedreamValidationError(
-                field, f"unknown keys {sorted(unknown)}; a prompt mapping may hold 'prompt' and {sorted(PROMPT_ITEM_FIELDS)}"
+                field,
+                f"unknown keys {sorted(unknown)}; a prompt mapping may hold 'prompt' and {sorted(PROMPT_ITEM_FIELDS)}",
             )
         text = item.get("prompt")
         if not isinstance(text, str) or not text.strip():
@@ -171,7 +172,9 @@ class RequestPlanner:
         index = self.index_offset + position
         parameters: dict[str, Any] = dict(self.parameters)
         parameters.update(self.extra_parameters)
-        parameters.update({key: value for key, value in item.items() if key not in ("prompt", "image", "extra_parameters", "key")})
+        parameters.update(
+            {key: value for key, value in item.items() if key not in ("prompt", "image", "extra_parameters", "key")}
+        )
         parameters.update(item.get("extra_parameters") or {})
         if "image" in item:
             references = check_references(item["image"], self.s3_client, f"prompt[{position}].image")

@@ -91,7 +91,9 @@ def _check_format(head: bytes, field: str) -> str:
 
 def _check_file(source: str, path: str, field: str) -> Reference:
     if not os.path.isfile(path):
-        raise SeedreamValidationError(field, f"local file {path!r} does not exist (use an http(s) URL, data URI, path or s3:// URI)")
+        raise SeedreamValidationError(
+            field, f"local file {path!r} does not exist (use an http(s) URL, data URI, path or s3:// URI)"
+        )
     _check_size(os.path.getsize(path), field)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -31,7 +31,8 @@ _STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!_.*'()=+,@-]*(/[A-Za-z0-9!_.*'()=+,@
 MAX_STEM_CHARS = 512
 
 
-__all__ = ["StorageError", "ImageStore", "StoredObject", "check_stem", "client_error_code", "image_extension"]
+__all__ = ["ImageStore", "StorageError", "StoredObject", "check_stem", "client_error_code", "image_extension"]
+
 
 def check_stem(stem: str) -> str | None:
     """Return why ``stem`` cannot be a key stem, or ``None`` when it can."""

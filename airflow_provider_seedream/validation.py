@@ -83,9 +83,17 @@ class ModelLimits:
 
 # The first family whose marker is in the model id applies: 5.0 Pro before 5.0 Lite.
 _FAMILIES = (
-    ("seedream-5-0-pro", ModelLimits(
-        "seedream-5.0-pro", min_pixels=921_600, max_pixels=4_624_000, max_references=10, groups=False, presets=("1K", "2K"),
-    )),
+    (
+        "seedream-5-0-pro",
+        ModelLimits(
+            "seedream-5.0-pro",
+            min_pixels=921_600,
+            max_pixels=4_624_000,
+            max_references=10,
+            groups=False,
+            presets=("1K", "2K"),
+        ),
+    ),
     ("seedream-5-0", ModelLimits("seedream-5.0", min_pixels=3_686_400, max_pixels=16_777_216)),
     ("seedream-4-5", ModelLimits("seedream-4.5", min_pixels=3_686_400, max_pixels=16_777_216)),
     ("seedream-4-0", ModelLimits("seedream-4.0", min_pixels=921_600, max_pixels=16_777_216, max_references=10)),
@@ -189,7 +197,8 @@ def _check_capabilities(body: Mapping[str, Any], model: str, limits: ModelLimits
         for name, wanted in (("sequential_image_generation", "auto"), ("stream", True)):
             if body.get(name) == wanted:
                 raise SeedreamValidationError(
-                    name, f"{model} ({limits.family}) makes one image per request and does not stream; "
+                    name,
+                    f"{model} ({limits.family}) makes one image per request and does not stream; "
                     f"remove {name} or use a model that makes groups, such as {DEFAULT_MODEL!r}",
                 )
     size = body.get("size")
@@ -267,12 +276,15 @@ def _check_size(size: Any, model: str) -> None:
             f"{size} has {pixels:,} pixels; {limits.family} allows {limits.min_pixels:,} to "
             f"{limits.max_pixels:,} pixels in total (e.g. 2048x2048)",
         )
-    if limits.min_side is not None and limits.max_side is not None:
-        if not (limits.min_side <= width <= limits.max_side and limits.min_side <= height <= limits.max_side):
-            raise SeedreamValidationError(
-                "size",
-                f"{size}: {limits.family} allows each side from {limits.min_side} to {limits.max_side}",
-            )
+    if (
+        limits.min_side is not None
+        and limits.max_side is not None
+        and not (limits.min_side <= width <= limits.max_side and limits.min_side <= height <= limits.max_side)
+    ):
+        raise SeedreamValidationError(
+            "size",
+            f"{size}: {limits.family} allows each side from {limits.min_side} to {limits.max_side}",
+        )
 
 
 def _check_sequential_options(options: Any) -> None:
@@ -301,7 +313,9 @@ def _check_tools(tools: Any) -> None:
     if tools is None:
         return
     if not isinstance(tools, list) or not all(isinstance(t, Mapping) and isinstance(t.get("type"), str) for t in tools):
-        raise SeedreamValidationError("tools", "must be a list of objects with a 'type', such as [{'type': 'web_search'}]")
+        raise SeedreamValidationError(
+            "tools", "must be a list of objects with a 'type', such as [{'type': 'web_search'}]"
+        )
 
 
 def _check_references(image: Any) -> int:
@@ -332,7 +346,9 @@ def check_reference(reference: Any, field: str = "image") -> None:
         )
     match = _DATA_URI.match(reference[:64])
     if match is None:
-        raise SeedreamValidationError(field, "data URI must look like 'data:image/<fmt>;base64,<data>' with a lowercase format")
+        raise SeedreamValidationError(
+            field, "data URI must look like 'data:image/<fmt>;base64,<data>' with a lowercase format"
+        )
     fmt = match.group(1)
     if fmt not in REFERENCE_FORMATS:
         raise SeedreamValidationError(field, f"data URI format {fmt!r} is not one of {allowed}")

@@ -27,7 +27,11 @@ def photo_stem(key: str, taken: set[str]) -> str:
 
 
 def variant_arguments(
-    bucket: str, photo_keys: Sequence[str], variants: Sequence[Mapping[str, str]], instruction: str, variants_prefix: str
+    bucket: str,
+    photo_keys: Sequence[str],
+    variants: Sequence[Mapping[str, str]],
+    instruction: str,
+    variants_prefix: str,
 ) -> list[dict[str, Any]]:
     """The operator arguments of one mapped task instance per photo: its prompts and its prefix."""
     taken: set[str] = set()
@@ -95,7 +99,7 @@ def write_variants_index(
         by_prompt: dict[int, list[str]] = {}
         for record in records_of(map_index) or []:
             by_prompt.setdefault(int(record["prompt_index"]), []).append(record["key"])
-        for position, (variant, item) in enumerate(zip(variants, arguments["prompt"])):
+        for position, (variant, item) in enumerate(zip(variants, arguments["prompt"], strict=True)):
             keys = by_prompt.get(position, [])
             entries.append(
                 {

@@ -7,8 +7,6 @@ Behaviour that differs between cores branches on the ``AIRFLOW_V_*_PLUS`` flags 
 
 from __future__ import annotations
 
-from packaging.version import Version
-
 from airflow import __version__ as AIRFLOW_VERSION_STRING
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
@@ -16,9 +14,10 @@ from airflow.providers.common.compat.sdk import (
     AirflowTaskTimeout,
     conf,
 )
+from packaging.version import Version
 
 AIRFLOW_VERSION = Version(Version(AIRFLOW_VERSION_STRING).base_version)
-AIRFLOW_V_3_2_PLUS = AIRFLOW_VERSION >= Version("3.2.0")
+AIRFLOW_V_3_2_PLUS = Version("3.2.0") <= AIRFLOW_VERSION
 # The oldest core `make compat` proves; setup.cfg's floor is the same.
 MINIMUM_AIRFLOW = Version("3.1.0")
 

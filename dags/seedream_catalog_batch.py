@@ -62,7 +62,10 @@ with DAG(
         "report_prefix": Param("catalog/review", type="string", description="Where manifest.jsonl, gallery.html go."),
         "size": Param("2K", type="string", description="1K, 2K, 3K, 4K or WxH (at least 3,686,400 pixels for 5.0)."),
         "chunk_size": Param(
-            50, type="integer", minimum=1, maximum=1000,
+            50,
+            type="integer",
+            minimum=1,
+            maximum=1000,
             description="Products per mapped task; each adds ~0.74 KB of XCom (keep <= 80 with the default backend).",
         ),
         "max_products": Param(0, type="integer", minimum=0, description="Only the first N products (0: all)."),

@@ -53,7 +53,10 @@ with DAG(
         "variants_prefix": Param("photos/variants", type="string", description="Where the variants go."),
         "instruction": Param(DEFAULT_INSTRUCTION, type="string", description="Put before every variant's prompt."),
         "variants": Param(
-            DEFAULT_VARIANTS, type="array", minItems=1, items={"type": "object", "required": ["name", "prompt"]},
+            DEFAULT_VARIANTS,
+            type="array",
+            minItems=1,
+            items={"type": "object", "required": ["name", "prompt"]},
             description="One image per photo and variant: a name and a prompt.",
         ),
         "size": Param("2K", type="string", description="1K, 2K, 3K, 4K or WxH (at least 3,686,400 pixels for 5.0)."),
@@ -94,10 +97,10 @@ with DAG(
     def write_index(planned: list[dict[str, Any]], params: dict[str, Any] | None = None, ti: Any = None) -> str:
         """Write which key holds which variant of which photo; fail if any variant is missing."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow_provider_seedream.version_compat import AirflowFailException
 
         from airflow_provider_seedream.mapped_results import mapped_results
         from airflow_provider_seedream.variants import write_variants_index
+        from airflow_provider_seedream.version_compat import AirflowFailException
 
         assert params is not None
         _, records_of = mapped_results(ti, "generate_variants")  # a photo whose task failed pushed nothing

@@ -205,8 +205,13 @@ def use_local_servers(env: dict[str, str], stack: ExitStack) -> tuple[str, str]:
     emulator = Server(
         "Seedream emulator",
         [
-            sys.executable, "-m", "airflow_provider_seedream.emulator",
-            "--port", emulator_url.rpartition(":")[2], "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "airflow_provider_seedream.emulator",
+            "--port",
+            emulator_url.rpartition(":")[2],
+            "--log-level",
+            "warning",
         ],
         f"{emulator_url}/_emulator/health",
         DEMO_DIR / "emulator.log",

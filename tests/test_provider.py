@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import airflow_provider_seedream
 from tests.conftest import airflow_bin
 
 
@@ -14,7 +15,7 @@ def test_airflow_lists_the_provider():
     done = subprocess.run([airflow_bin(), "providers", "list", "-o", "json"], capture_output=True, text=True, check=True)
     listing = next(line for line in done.stdout.splitlines() if line.startswith("[{"))
     providers = {item["package_name"]: item for item in json.loads(listing)}
-    assert providers["airflow-provider-seedream"]["version"] == "0.1.0"
+    assert providers["airflow-provider-seedream"]["version"] == airflow_provider_seedream.__version__
 
 
 def test_connection_type_and_form_are_declared():
@@ -145,3 +146,14 @@ def test_the_supported_range_is_the_range_make_compat_proves():
                            (root / "constraints" / f"airflow-{minor}.txt").read_text(), re.MULTILINE)
         assert pinned, f"constraints/airflow-{minor}.txt pins no Airflow {minor}.x"
         assert re.search(rf"^COMPAT_AIRFLOW_{re.escape(minor)} := {re.escape(pinned.group(1))}$", makefile, re.MULTILINE)
+
+
+def test_the_changelog_dates_the_version_being_built():
+    import datetime
+    import re
+
+    changelog = (Path(__file__).resolve().parent.parent / "CHANGELOG.md").read_text()
+    releases = re.findall(r"^## (\d+\.\d+\.\d+) \((\d{4}-\d{2}-\d{2})\)$", changelog, re.MULTILINE)
+    assert releases and releases[0][0] == airflow_provider_seedream.__version__
+    dates = [datetime.date.fromisoformat(date) for _, date in releases]
+    assert dates == sorted(dates, reverse=True), "newest release first"

@@ -39,9 +39,9 @@ class CatalogChunkToS3Operator(SeedreamToS3Operator):
         self.catalog_plan = catalog_plan
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from airflow_provider_seedream.version_compat import AirflowFailException
         from airflow_provider_seedream.catalog.plan import CatalogPlan, chunk_prompts, load_chunk
         from airflow_provider_seedream.catalog.rows import CatalogError
+        from airflow_provider_seedream.version_compat import AirflowFailException
 
         try:
             plan = CatalogPlan.from_xcom(self.catalog_plan)
@@ -115,10 +115,11 @@ class CatalogReportOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow_provider_seedream.version_compat import AirflowFailException
+
         from airflow_provider_seedream.catalog.plan import CatalogPlan
         from airflow_provider_seedream.catalog.report import write_report
         from airflow_provider_seedream.mapped_results import mapped_results
+        from airflow_provider_seedream.version_compat import AirflowFailException
 
         ti = context["ti"]
         plan = CatalogPlan.from_xcom(self.catalog_plan)

@@ -72,7 +72,9 @@ class CatalogPlan:
         if isinstance(value, CatalogPlan):
             return value
         if not isinstance(value, Mapping):
-            raise CatalogError(f"catalog_plan: must be the plan that prepare_catalog returned, got {type(value).__name__}")
+            raise CatalogError(
+                f"catalog_plan: must be the plan that prepare_catalog returned, got {type(value).__name__}"
+            )
         return cls(**{name: value[name] for name in cls.__dataclass_fields__})
 
 
@@ -119,8 +121,7 @@ def prepare_catalog(
         id, lacks a field the template uses or renders an empty prompt, or an argument is bad.
         The message names the row's line and id, or the param. A retry would fail the same way.
     """
-    from airflow_provider_seedream.version_compat import conf
-    from airflow_provider_seedream.version_compat import AirflowFailException
+    from airflow_provider_seedream.version_compat import AirflowFailException, conf
 
     try:
         return _prepare(
@@ -178,9 +179,7 @@ def _prepare(
                 f"{-(-count // max_chunks)}"
             )
         out.seek(0)
-        client.put_object(
-            Bucket=bucket, Key=plan_keys[PROMPTS_FILE], Body=out, ContentType="application/x-ndjson"
-        )
+        client.put_object(Bucket=bucket, Key=plan_keys[PROMPTS_FILE], Body=out, ContentType="application/x-ndjson")
     index = {"catalog": source, "products": count, "chunk_size": chunk_size, "bytes": bytes_at}
     client.put_object(
         Bucket=bucket, Key=plan_keys[CHUNKS_FILE], Body=json.dumps(index).encode(), ContentType="application/json"
@@ -227,7 +226,7 @@ def _write_products(
     return count, bytes_at
 
 
-def load_chunk(client: Any, plan: Mapping[str, Any] | CatalogPlan, offset: int) -> list[dict[str, Any]]:
+def load_chunk(client: Any, plan: Mapping[str, Any] | CatalogPlan, offset: int | None) -> list[dict[str, Any]]:
     """
     Read the products of the chunk that starts at product ``offset`` (one ranged GET).
 
@@ -237,7 +236,11 @@ def load_chunk(client: Any, plan: Mapping[str, Any] | CatalogPlan, offset: int) 
     :return: the chunk's products, in catalog order.
     """
     plan = CatalogPlan.from_xcom(plan)
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset not in range(0, plan.products, plan.chunk_size):
+    if (
+        isinstance(offset, bool)
+        or not isinstance(offset, int)
+        or offset not in range(0, plan.products, plan.chunk_size)
+    ):
         raise CatalogError(
             f"prompt_index_offset: {offset!r} does not start a chunk of {plan.catalog} "
             f"(chunks of {plan.chunk_size} over {plan.products} products)"

@@ -109,11 +109,17 @@ def write_report(
     """
     plan = CatalogPlan.from_xcom(plan)
     bucket, images_prefix, report_prefix = plan.bucket, images_prefix.strip("/"), report_prefix.strip("/")
-    manifest_key, gallery_key = (f"{report_prefix}/{name}" if report_prefix else name for name in (MANIFEST_FILE, GALLERY_FILE))
+    manifest_key, gallery_key = (
+        f"{report_prefix}/{name}" if report_prefix else name for name in (MANIFEST_FILE, GALLERY_FILE)
+    )
     failed = sorted(set(failed_chunks))
     found: dict[int, list[dict[str, Any]]] = {}
     if failed:
-        wanted = {product["id"]: product["index"] for chunk in failed for product in load_chunk(client, plan, chunk * plan.chunk_size)}
+        wanted = {
+            product["id"]: product["index"]
+            for chunk in failed
+            for product in load_chunk(client, plan, chunk * plan.chunk_size)
+        }
         found = images_in_s3(client, bucket, images_prefix, wanted, since)
 
     with tempfile.TemporaryFile("w+", encoding="utf-8") as draft, tempfile.TemporaryFile("w+b") as manifest:

@@ -13,7 +13,7 @@ import io
 import json
 import zlib
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from airflow_provider_seedream.exceptions import SeedreamError
 
@@ -91,7 +91,7 @@ def _lines(stream: IO[bytes]) -> Iterator[str]:
     buffered = io.BufferedReader(_RawStream(stream), READ_BUFFER)
     binary: IO[bytes] = buffered
     if buffered.peek(len(GZIP_MAGIC))[: len(GZIP_MAGIC)] == GZIP_MAGIC:
-        binary = gzip.GzipFile(fileobj=buffered, mode="rb")
+        binary = cast(IO[bytes], gzip.GzipFile(fileobj=buffered, mode="rb"))
     number = 0
     try:
         for number, raw in enumerate(binary, start=1):
@@ -100,7 +100,9 @@ def _lines(stream: IO[bytes]) -> Iterator[str]:
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise CatalogError(f"catalog line {number}: not UTF-8 text: {error.reason} at byte {error.start}") from None
+                raise CatalogError(
+                    f"catalog line {number}: not UTF-8 text: {error.reason} at byte {error.start}"
+                ) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # a broken file; network errors stay retryable
         raise CatalogError(f"catalog: unreadable after line {number}: {type(error).__name__}: {error}") from None
 
@@ -140,10 +142,8 @@ def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
             raise CatalogError(f"catalog line {start}: not valid CSV: {error}") from None
         if values:
             if len(values) > len(header):
-                raise CatalogError(
-                    f"catalog line {start}: {len(values)} values for {len(header)} columns {header}"
-                )
-            yield start, dict(zip(header, values))
+                raise CatalogError(f"catalog line {start}: {len(values)} values for {len(header)} columns {header}")
+            yield start, dict(zip(header, values, strict=False))  # a short row lacks its last fields
         start = reader.line_num + 1
 
 
@@ -161,4 +161,3 @@ class _RawStream(io.RawIOBase):
         size = len(data)
         buffer[:size] = data
         return size
-

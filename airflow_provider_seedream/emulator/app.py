@@ -160,8 +160,11 @@ def create_app(config: EmulatorConfig | None = None, *, cache: ImageCache | None
     async def models(request: Request) -> Response:
         if not _authorized(request, state.config):
             return service_error(
-                401, "AuthenticationError", "The API key in the request is missing or invalid.",
-                request.state.request_id, error_type="Unauthorized",
+                401,
+                "AuthenticationError",
+                "The API key in the request is missing or invalid.",
+                request.state.request_id,
+                error_type="Unauthorized",
             )
         listed = [{"id": model, "object": "model", "owned_by": "bytedance"} for model in KNOWN_MODELS]
         return JSONResponse({"object": "list", "data": listed})
@@ -375,7 +378,9 @@ async def _answer(
         return _Abandoned()
     if fault == "reset":
         if config.cut_after is not None and outcome is not None:
-            return BrokenResponse(cut_answer(outcome.body, _arrived(fault, config, plan.count)), declared=len(outcome.body))
+            return BrokenResponse(
+                cut_answer(outcome.body, _arrived(fault, config, plan.count)), declared=len(outcome.body)
+            )
         return BrokenResponse(_RESET_PARTIAL, declared=_RESET_DECLARED)
     if fault in UNANSWERED_FAULTS:
         return gateway_error(int(fault))
@@ -405,7 +410,12 @@ def _refusal(fault: str, request_id: str, config: EmulatorConfig) -> Response | 
         )
     if fault == "overdue":
         return service_error(
-            403, "AccountOverdueError", "Your account has an overdue balance.", request_id, error_type="Forbidden", param=""
+            403,
+            "AccountOverdueError",
+            "Your account has an overdue balance.",
+            request_id,
+            error_type="Forbidden",
+            param="",
         )
     if fault == "429":
         return service_error(

@@ -9,7 +9,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Faults a generation script may name, applied in order to the next generation requests.
-GENERATION_FAULTS = ("ok", "429", "500", "503", "502", "504", "reset", "slow", "quota", "spending_cap", "overdue", "stream_error")
+GENERATION_FAULTS = (
+    "ok",
+    "429",
+    "500",
+    "503",
+    "502",
+    "504",
+    "reset",
+    "slow",
+    "quota",
+    "spending_cap",
+    "overdue",
+    "stream_error",
+)
 #: Generation faults whose client never receives the answer although the model may have made
 #: the images: billed under ``bill_abandoned``.
 UNANSWERED_FAULTS = ("reset", "502", "504")
@@ -167,7 +180,8 @@ class EmulatorConfig:
             value = _number("images_per_minute", self.images_per_minute)
             if value <= 0:
                 raise ValueError(
-                    f"images_per_minute must be a positive number of images per minute, or null for no limit; got {value:g}"
+                    "images_per_minute must be a positive number of images per minute, or null for no limit; "
+                    f"got {value:g}"
                 )
             self.images_per_minute = value
         if self.burst_seconds <= 0:
@@ -179,7 +193,9 @@ class EmulatorConfig:
         if self.cut_after is not None and (
             isinstance(self.cut_after, bool) or not isinstance(self.cut_after, int) or self.cut_after < 0
         ):
-            raise ValueError(f"cut_after must be a whole number of images from 0, or null to draw it; got {self.cut_after!r}")
+            raise ValueError(
+                f"cut_after must be a whole number of images from 0, or null to draw it; got {self.cut_after!r}"
+            )
         if self.fault_seed is not None and (isinstance(self.fault_seed, bool) or not isinstance(self.fault_seed, int)):
             raise ValueError(f"fault_seed must be an integer or null, got {self.fault_seed!r}")
         for name, allowed in _SCRIPTS.items():

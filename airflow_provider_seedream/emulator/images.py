@@ -30,6 +30,8 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from airflow_provider_seedream.emulator.encoding import EncodedBand, assemble, encode_band
 from airflow_provider_seedream.emulator.painting import (
@@ -290,10 +292,10 @@ class ImageCache:
             rows = bands.height_of(band)
             if band == bands.caption_band:
                 caption = (spec, rows)
-                encoded.append(self._captions.get(caption, lambda: encode_band(draw_caption(*caption), spec.fmt)))
+                encoded.append(self._captions.get(caption, partial(_encode, draw_caption, caption, spec.fmt)))
             else:
                 key = (width, rows, spec.fmt, palettes[band])
-                encoded.append(self._backgrounds.get(key, lambda: encode_band(draw_background(*key), spec.fmt)))
+                encoded.append(self._backgrounds.get(key, partial(_encode, draw_background, key, spec.fmt)))
         parts, tag_at = assemble(spec.fmt, width, height, encoded)
         return Picture(tuple(parts), tag_at)
 
@@ -304,3 +306,8 @@ _SHARED_CACHE = ImageCache()
 def shared_cache() -> ImageCache:
     """Return the process-wide cache used by every emulator app unless given another."""
     return _SHARED_CACHE
+
+
+def _encode(draw: Callable[..., Any], arguments: tuple[Any, ...], fmt: str) -> EncodedBand:
+    """Draw one band from ``arguments`` and encode it: what a cache miss makes."""
+    return encode_band(draw(*arguments), fmt)

@@ -182,8 +182,15 @@ class GenerationStream(Response):
             if index == self._cut and fault == "stream_error":
                 if not started:
                     await self._start(send)
-                error = {"type": ERROR, "error": {"code": "InternalServiceError", "message": (
-                    f"The service encountered an unexpected internal error. Request id: {plan.request_id}")}}
+                error = {
+                    "type": ERROR,
+                    "error": {
+                        "code": "InternalServiceError",
+                        "message": (
+                            f"The service encountered an unexpected internal error. Request id: {plan.request_id}"
+                        ),
+                    },
+                }
                 await send({"type": "http.response.body", "body": encode_event(error) + DONE, "more_body": False})
                 state.count_status("generation_status", 200)
                 return False
@@ -248,4 +255,3 @@ class GenerationStream(Response):
             await self._make_unanswered(indices)
         finally:
             self._state.leave_generation()
-

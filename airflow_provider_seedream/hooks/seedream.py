@@ -9,8 +9,8 @@ import http.client
 import json
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Iterator
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import urlsplit
 
 import ijson
@@ -142,13 +142,17 @@ class _ImageSink:
     def finish(self, declared_type: str | None = None) -> DownloadedImage:
         fmt = sniff_format(self._head)
         if fmt is None:
-            raise SeedreamDownloadError("the downloaded bytes are not a PNG, JPEG, WebP, GIF or BMP image", retryable=False)
+            raise SeedreamDownloadError(
+                "the downloaded bytes are not a PNG, JPEG, WebP, GIF or BMP image", retryable=False
+            )
         content_type = CONTENT_TYPES[fmt]
-        if declared_type and declared_type.startswith("image/") and declared_type.split(";")[0].strip() != content_type:
-            if not (fmt == "jpeg" and declared_type.startswith("image/jpg")):
-                raise SeedreamDownloadError(
-                    f"the server declared {declared_type} but the bytes are {fmt}", retryable=False
-                )
+        declared = declared_type.split(";")[0].strip() if declared_type else ""
+        if (
+            declared.startswith("image/")
+            and declared != content_type
+            and not (fmt == "jpeg" and declared == "image/jpg")
+        ):
+            raise SeedreamDownloadError(f"the server declared {declared_type} but the bytes are {fmt}", retryable=False)
         return DownloadedImage(bytes=self.size, sha256=self._hash.hexdigest(), format=fmt, content_type=content_type)
 
 
@@ -246,12 +250,16 @@ class SeedreamHook(BaseHook):
         extras = conn.extra_dejson
         parameters = extras.get("parameters") or {}
         if not isinstance(parameters, dict):
-            raise SeedreamValidationError(f"connection {conn_id!r} extra 'parameters'", "must be an object of request fields")
+            raise SeedreamValidationError(
+                f"connection {conn_id!r} extra 'parameters'", "must be an object of request fields"
+            )
         if conn.password:
             from airflow.sdk.log import mask_secret
 
             mask_secret(conn.password)
-        timeout = self._timeout if self._timeout is not None else _extra(conn_id, extras, "timeout", DEFAULT_TIMEOUT, float)
+        timeout = (
+            self._timeout if self._timeout is not None else _extra(conn_id, extras, "timeout", DEFAULT_TIMEOUT, float)
+        )
         retries = self._max_retries
         if retries is None:
             retries = _extra(conn_id, extras, "max_retries", DEFAULT_MAX_RETRIES, int)
@@ -283,7 +291,7 @@ class SeedreamHook(BaseHook):
 
     def get_conn(self) -> requests.Session:
         """Return the pooled session shared by every thread that uses this hook."""
-        self.settings  # read the connection first: an unknown connection fails here
+        _ = self.settings  # read the connection first: an unknown connection fails here
         with self._lock:
             if self._session is None:
                 session = requests.Session()
@@ -322,7 +330,15 @@ class SeedreamHook(BaseHook):
                 self.log.warning("%s", warning)
         return body
 
-    def generate_images(self, prompt: str, **parameters: Any) -> Any:
+    @overload
+    def generate_images(
+        self, prompt: str, *, stream: Literal[True], **parameters: Any
+    ) -> Generator[StreamEvent, None, None]: ...
+
+    @overload
+    def generate_images(self, prompt: str, *, stream: Literal[False] = ..., **parameters: Any) -> GenerationResult: ...
+
+    def generate_images(self, prompt: str, **parameters: Any) -> GenerationResult | Generator[StreamEvent, None, None]:
         """
         Send one generation request and return its images, usage and model.
 
@@ -355,7 +371,9 @@ class SeedreamHook(BaseHook):
         """
         validate_request(body)
         if body.get("stream"):
-            raise SeedreamValidationError("stream", "a streamed request is sent with stream_request(), which yields its events")
+            raise SeedreamValidationError(
+                "stream", "a streamed request is sent with stream_request(), which yields its events"
+            )
         session = self.get_conn()
         settings = self.settings
         self.log.debug("Requesting images from %s with model %s", settings["endpoint"], body.get("model"))
@@ -363,7 +381,7 @@ class SeedreamHook(BaseHook):
             self._post, session, body, self.read_timeout(body), spool_images
         )
 
-    def stream_request(self, body: dict[str, Any], *, spool_images: bool = False) -> Iterator[StreamEvent]:
+    def stream_request(self, body: dict[str, Any], *, spool_images: bool = False) -> Generator[StreamEvent, None, None]:
         """
         Check ``body`` now, then send it with ``stream: true`` and yield its events as they arrive.
 
@@ -379,7 +397,7 @@ class SeedreamHook(BaseHook):
         validate_request(body)
         return self._stream_events(body, spool_images)
 
-    def _stream_events(self, body: dict[str, Any], spool: bool) -> Iterator[StreamEvent]:
+    def _stream_events(self, body: dict[str, Any], spool: bool) -> Generator[StreamEvent, None, None]:
         session = self.get_conn()
         timeout = self.settings["timeout"]
         response = self._retrying(self._generation_retryable, "generation")(self._open_stream, session, body, timeout)
@@ -450,7 +468,9 @@ class SeedreamHook(BaseHook):
         except requests.ConnectionError as error:
             if _never_sent(error):
                 raise
-            raise SeedreamUnknownOutcomeError(f"the connection broke after the request was sent ({type(error).__name__})") from None
+            raise SeedreamUnknownOutcomeError(
+                f"the connection broke after the request was sent ({type(error).__name__})"
+            ) from None
         except requests.Timeout:
             raise SeedreamUnknownOutcomeError(f"no answer within the read timeout of {timeout:g} s") from None
         if response.status_code == 200:
@@ -459,7 +479,8 @@ class SeedreamHook(BaseHook):
             request_id = response.headers.get("x-request-id")
             if response.status_code in UNKNOWN_OUTCOME_STATUSES:
                 raise SeedreamUnknownOutcomeError(
-                    f"a gateway answered HTTP {response.status_code}" + (f" (request id {request_id})" if request_id else "")
+                    f"a gateway answered HTTP {response.status_code}"
+                    + (f" (request id {request_id})" if request_id else "")
                 )
             raise api_error(response)
 
@@ -505,7 +526,7 @@ class SeedreamHook(BaseHook):
         image = GeneratedImage.from_item(index, item)
         if not (spool and image.b64_json is not None):
             return image
-        spooled = tempfile.TemporaryFile(prefix="seedream-b64-")
+        spooled = tempfile.TemporaryFile(prefix="seedream-b64-")  # noqa: SIM115 (the image owns it)
         try:
             decoded = self._decode_b64(image.b64_json, spooled)
         except SeedreamDownloadError as error:
@@ -562,7 +583,9 @@ class SeedreamHook(BaseHook):
             return self._decode_b64(image.b64_json, fileobj)
         url = image.url or ""
         if urlsplit(url).scheme not in ("http", "https"):
-            raise SeedreamDownloadError(f"refusing to download {redact_url(url)}: only http(s) URLs are followed", retryable=False)
+            raise SeedreamDownloadError(
+                f"refusing to download {redact_url(url)}: only http(s) URLs are followed", retryable=False
+            )
         session = self.get_conn()
 
         def attempt() -> DownloadedImage:
@@ -711,7 +734,8 @@ def _server_sent_events(response: requests.Response) -> Iterator[tuple[str | Non
     """Yield ``(event name, data)`` of each server-sent event as it arrives."""
     name: str | None = None
     data: list[str] = []
-    for line in response.iter_lines(decode_unicode=True):
+    for raw in response.iter_lines(decode_unicode=True):
+        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         if not line:
             if data:
                 yield name, "\n".join(data)
@@ -760,7 +784,7 @@ def api_error(response: requests.Response) -> SeedreamAPIError:
     except (ValueError, json.JSONDecodeError):
         body = None
     if isinstance(body, dict):
-        error = body.get("error") if isinstance(body.get("error"), dict) else body
+        error = body["error"] if isinstance(body.get("error"), dict) else body
         code = error.get("code") or error.get("Code")
         message = error.get("message") or error.get("Message") or message
     retry_after: float | None = None

@@ -7,19 +7,29 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+
 from airflow_provider_seedream.exceptions import SeedreamValidationError
 from airflow_provider_seedream.links import SeedreamImagesLink
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk import Context
+
     from airflow_provider_seedream.batch import BatchReport, BatchRunner
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
 
 # The hook's arguments ``hook_params`` may set.
 HOOK_PARAMS = frozenset(
-    {"timeout", "connect_timeout", "max_retries", "retry_unknown_outcome", "retry_min_wait", "retry_max_wait",
-     "pool_maxsize", "max_download_bytes"}
+    {
+        "timeout",
+        "connect_timeout",
+        "max_retries",
+        "retry_unknown_outcome",
+        "retry_min_wait",
+        "retry_max_wait",
+        "pool_maxsize",
+        "max_download_bytes",
+    }
 )
 # Every S3 call has a bound: a write that does not complete is taken as not written.
 S3_CONNECT_TIMEOUT = 10
@@ -109,8 +119,16 @@ class SeedreamToS3Operator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "prompt", "s3_bucket", "s3_prefix", "model", "size", "image", "extra_parameters", "resolve_unknown",
-        "seedream_conn_id", "aws_conn_id",
+        "prompt",
+        "s3_bucket",
+        "s3_prefix",
+        "model",
+        "size",
+        "image",
+        "extra_parameters",
+        "resolve_unknown",
+        "seedream_conn_id",
+        "aws_conn_id",
     )
     template_ext: Sequence[str] = (".txt", ".j2", ".jinja2")
     template_fields_renderers = {"extra_parameters": "json"}
@@ -199,9 +217,8 @@ class SeedreamToS3Operator(BaseOperator):
         Every call is bounded (``S3_CONNECT_TIMEOUT``, ``S3_READ_TIMEOUT``, 3 attempts) unless the
         connection's ``config_kwargs`` extra sets its own bounds.
         """
-        from botocore.config import Config
-
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from botocore.config import Config
 
         bounds = Config(
             connect_timeout=S3_CONNECT_TIMEOUT,
@@ -214,12 +231,12 @@ class SeedreamToS3Operator(BaseOperator):
         return S3Hook(aws_conn_id=self.aws_conn_id, config=config.merge(pool))
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from airflow_provider_seedream.version_compat import AirflowFailException
         from airflow_provider_seedream.batch import BatchError, BatchInterrupted, BatchRunner
         from airflow_provider_seedream.ledger import Budget, Ledger
         from airflow_provider_seedream.planning import GENERATION_FIELDS, RequestPlanner, prompt_items, unkeyed_folder
         from airflow_provider_seedream.references import check_references
         from airflow_provider_seedream.storage import ImageStore, StorageError
+        from airflow_provider_seedream.version_compat import AirflowFailException
 
         try:
             # Everything here is checked before any money is spent; a retry would fail the same way.
@@ -314,7 +331,9 @@ class SeedreamToS3Operator(BaseOperator):
         except TemplateError as error:
             raise AirflowFailException(f"template: {type(error).__name__}: {error}") from error
 
-    def render_template(self, content: Any, context: Context, jinja_env: Any = None, seen_oids: set[int] | None = None) -> Any:
+    def render_template(
+        self, content: Any, context: Context, jinja_env: Any = None, seen_oids: set[int] | None = None
+    ) -> Any:
         """Render like any operator, except that prompt text ending in ``.txt`` is text, not a file name."""
         if _is_prompt_text(content, self.template_ext):
             env = jinja_env or self.get_template_env()
@@ -375,19 +394,25 @@ class SeedreamToS3Operator(BaseOperator):
         if not isinstance(self.extra_parameters, Mapping):
             raise SeedreamValidationError("extra_parameters", "must be a mapping of request fields")
         if not isinstance(self.hook_params, Mapping) or set(self.hook_params) - HOOK_PARAMS:
-            unknown = sorted(set(self.hook_params) - HOOK_PARAMS) if isinstance(self.hook_params, Mapping) else self.hook_params
+            unknown = (
+                sorted(set(self.hook_params) - HOOK_PARAMS)
+                if isinstance(self.hook_params, Mapping)
+                else self.hook_params
+            )
             raise SeedreamValidationError("hook_params", f"unknown {unknown!r}; it may set {sorted(HOOK_PARAMS)}")
-        self.hook  # the hook reads its arguments now: text is parsed or refused, naming the field
+        _ = self.hook  # the hook reads its arguments now: text is parsed or refused, naming the field
 
     def _check_connections(self) -> None:
         from airflow.sdk import BaseHook
+
         from airflow_provider_seedream.version_compat import AirflowNotFoundException
 
         try:
-            self.hook.settings
+            _ = self.hook.settings
         except AirflowNotFoundException:
             raise SeedreamValidationError(
-                "seedream_conn_id", f"connection {self.seedream_conn_id!r} is not defined; create a 'seedream' connection"
+                "seedream_conn_id",
+                f"connection {self.seedream_conn_id!r} is not defined; create a 'seedream' connection",
             ) from None
         if self.aws_conn_id and self.aws_conn_id != "aws_default":
             try:
@@ -423,7 +448,7 @@ class SeedreamToS3Operator(BaseOperator):
         outlets = [outlet for outlet in self.outlets if isinstance(outlet, Asset)]
         if not outlets or "outlet_events" not in context:
             return
-        extra = {
+        extra: dict[str, Any] = {
             "bucket": self.s3_bucket,
             "prefix": prefix,
             "count": len(report.records),
