@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install test e2e e2e-system demo bench lint mutants compat compat-constraints dist clean
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+$(STAMP): setup.cfg pyproject.toml constraints.txt airflow_provider_seedream/__init__.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[dev]"
 	touch $(STAMP)
@@ -62,7 +62,7 @@ COMPAT_AIRFLOW_3.1 := 3.1.8
 COMPAT_AIRFLOW_3.2 := 3.2.2
 COMPAT_AIRFLOW_3.3 := 3.3.2
 
-.venv-compat-%/.installed: constraints/airflow-%.txt setup.cfg pyproject.toml
+.venv-compat-%/.installed: constraints/airflow-%.txt setup.cfg pyproject.toml airflow_provider_seedream/__init__.py
 	test -x .venv-compat-$*/bin/python || $(PYTHON) -m venv .venv-compat-$*
 	.venv-compat-$*/bin/python -m pip install --quiet --constraint constraints/airflow-$*.txt \
 		"apache-airflow==$(COMPAT_AIRFLOW_$*)" --editable ".[test]"
@@ -73,6 +73,7 @@ compat-%: .venv-compat-%/.installed
 	.venv-compat-$*/bin/python -m pytest -p no:cacheprovider $(COMPAT_TESTS) $(PYTEST_ARGS)
 
 compat: $(addprefix compat-,$(COMPAT_MINORS))
+.PRECIOUS: .venv-compat-%/.installed
 
 # Rewrites constraints/airflow-<minor>.txt with uv's resolver limited to packages released by the
 # cutoff; run it when a new patch of a minor is supported.

@@ -25,10 +25,30 @@ def test_connection_type_and_form_are_declared():
     hook = manager.hooks["seedream"]
     assert hook.hook_class_name == "airflow_provider_seedream.hooks.seedream.SeedreamHook"
     assert hook.connection_id_attribute_name == "seedream_conn_id"
-    behaviour = manager.field_behaviours["seedream"]
-    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API Key"}
-    assert set(behaviour["hidden_fields"]) == {"schema", "port", "login"}
-    assert "extra__seedream__model" in manager.connection_form_widgets
+    # What the UI's connection form is given, asked in a fresh process as the api-server asks it
+    # (on every core, with or without Flask AppBuilder installed).
+    done = subprocess.run([sys.executable, "-c", _UI_FORM], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    form = json.loads(done.stdout.strip().splitlines()[-1])
+    fields = form["standard_fields"]
+    assert (fields["host"]["title"], fields["password"]["title"]) == ("Base URL", "API Key")
+    assert not fields["host"]["hidden"] and not fields["password"]["hidden"]
+    assert fields["port"]["hidden"] and fields["login"]["hidden"]
+    # Airflow 3.2+ reads the provider's conn-fields, 3.1 the hook's form widgets: the same fields.
+    from airflow_provider_seedream import CONNECTION_FIELDS
+
+    extras = form["extra_fields"]
+    assert {name: extra["schema"]["title"] for name, extra in extras.items()} == {
+        name: field["label"] for name, field in CONNECTION_FIELDS.items()
+    }
+    assert extras["retry_unknown_outcome"]["value"] is False
+
+
+_UI_FORM = """
+from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+[form] = [meta for meta in HookMetaService.hook_meta_data() if meta.connection_type == "seedream"]
+print(form.model_dump_json())
+"""
 
 
 def test_the_hook_declares_the_same_form():

@@ -227,6 +227,40 @@ class SeedreamHook(BaseHook):
         self._settings: dict[str, Any] | None = None
 
     @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """
+        The connection form's extra fields on Airflow 3.1, built from ``CONNECTION_FIELDS``.
+
+        Airflow 3.2 and later read those fields from the provider's ``conn-fields`` instead, so
+        this returns nothing there. On 3.1 the UI builds the form from WTForms fields.
+        """
+        from airflow_provider_seedream.version_compat import AIRFLOW_V_3_2_PLUS
+
+        if AIRFLOW_V_3_2_PLUS:
+            return {}
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import BooleanField, IntegerField, StringField
+        from wtforms.validators import Optional
+
+        from airflow_provider_seedream import CONNECTION_FIELDS
+
+        kinds = {"boolean": BooleanField, "integer": IntegerField}
+        widgets: dict[str, Any] = {}
+        for name, field in CONNECTION_FIELDS.items():
+            kind = next(kind for kind in field["schema"]["type"] if kind != "null")
+            field_class = kinds.get(kind, StringField)  # text, and numbers read from text
+            options: dict[str, Any] = {"widget": BS3TextFieldWidget()} if field_class is StringField else {}
+            widgets[name] = field_class(
+                lazy_gettext(field["label"]),
+                validators=[Optional()],
+                description=field["description"],
+                default=field["schema"].get("default"),
+                **options,
+            )
+        return widgets
+
+    @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Hide the connection fields that mean nothing here and relabel the rest."""
         return {
