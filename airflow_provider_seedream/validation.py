@@ -94,9 +94,20 @@ _FAMILIES = (
             presets=("1K", "2K"),
         ),
     ),
-    ("seedream-5-0", ModelLimits("seedream-5.0", min_pixels=3_686_400, max_pixels=16_777_216)),
-    ("seedream-4-5", ModelLimits("seedream-4.5", min_pixels=3_686_400, max_pixels=16_777_216)),
-    ("seedream-4-0", ModelLimits("seedream-4.0", min_pixels=921_600, max_pixels=16_777_216, max_references=10)),
+    (
+        "seedream-5-0",
+        ModelLimits("seedream-5.0", min_pixels=3_686_400, max_pixels=16_777_216, presets=("2K", "3K", "4K")),
+    ),
+    (
+        "seedream-4-5",
+        ModelLimits("seedream-4.5", min_pixels=3_686_400, max_pixels=16_777_216, presets=("2K", "4K")),
+    ),
+    (
+        "seedream-4-0",
+        ModelLimits(
+            "seedream-4.0", min_pixels=921_600, max_pixels=16_777_216, max_references=10, presets=("1K", "2K", "4K")
+        ),
+    ),
     ("seedream-3-0", ModelLimits("seedream-3.0", min_side=512, max_side=2048)),
     ("seededit-3-0", ModelLimits("seededit-3.0", adaptive=True)),
 )

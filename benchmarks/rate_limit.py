@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency", type=int, default=4, help="max_concurrency of each mapped task (default: %(default)s)"
     )
-    parser.add_argument("--size", default="1K", help="image size (default: %(default)s)")
+    parser.add_argument("--size", default="2K", help="image size (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="40 and 20 prompts, for the smoke test (figures mean little)")
     parser.add_argument("--keep-home", action="store_true", help="keep the Airflow home (logs, database) afterwards")
     return parser

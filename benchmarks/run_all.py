@@ -45,7 +45,7 @@ PARAMETERS: dict[str, dict[str, list[str]]] = {
             "--large-n", "6", "--large-concurrency", "3", "--large-latency", "0.05",
         ],
         "plan": ["--sizes", "20"],
-        "memory": ["--small", "2", "--large", "4", "--size", "1K", "--concurrency", "2"],
+        "memory": ["--small", "2", "--large", "4", "--size", "2K", "--concurrency", "2"],
         "parse_cost": ["--repeat", "1"],
         "overhead": ["--n", "4", "--concurrency", "2", "--repeat", "1"],
         "streaming": ["--images", "3", "--latency", "0.1", "--repeat", "1"],

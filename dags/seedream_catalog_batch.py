@@ -60,7 +60,7 @@ with DAG(
         ),
         "images_prefix": Param("catalog/images", type="string", description="Where the images go."),
         "report_prefix": Param("catalog/review", type="string", description="Where manifest.jsonl, gallery.html go."),
-        "size": Param("2K", type="string", description="1K, 2K, 3K, 4K or WxH (at least 3,686,400 pixels for 5.0)."),
+        "size": Param("2K", type="string", description="A preset the model takes (5.0 Lite: 2K, 3K, 4K) or WxH."),
         "chunk_size": Param(
             50,
             type="integer",

@@ -59,7 +59,7 @@ with DAG(
             items={"type": "object", "required": ["name", "prompt"]},
             description="One image per photo and variant: a name and a prompt.",
         ),
-        "size": Param("2K", type="string", description="1K, 2K, 3K, 4K or WxH (at least 3,686,400 pixels for 5.0)."),
+        "size": Param("2K", type="string", description="A preset the model takes (5.0 Lite: 2K, 3K, 4K) or WxH."),
         "max_photos": Param(0, type="integer", minimum=0, description="Only the first N photos (0: all)."),
     },
 ):

@@ -48,7 +48,7 @@ with DAG(
         "bucket": Param(BUCKET, type="string", minLength=3, description="The bucket of the banners asset."),
         "style": Param("watercolour", type="string", description="The banner's visual style."),
         "theme": Param("a summer sale on outdoor furniture", type="string", description="What the banner promotes."),
-        "size": Param("2K", type="string", description="1K, 2K, 3K, 4K or WxH (at least 3,686,400 pixels for 5.0)."),
+        "size": Param("2K", type="string", description="A preset the model takes (5.0 Lite: 2K, 3K, 4K) or WxH."),
     },
 ):
     SeedreamToS3Operator(

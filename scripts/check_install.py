@@ -38,7 +38,7 @@ def main() -> int:
         os.environ["AIRFLOW_CONN_SEEDREAM_DEFAULT"] = json.dumps(
             {"conn_type": "seedream", "host": emulator.url, "password": "sk-installed-wheel"}
         )
-        result = SeedreamHook().generate_images("a lighthouse at dawn", size="1K")
+        result = SeedreamHook().generate_images("a lighthouse at dawn", size="2K")
     if len(result.images) != 1:
         print(f"the emulator answered {len(result.images)} images, not 1", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ credentials the usual way): the same run against the real service and real S3.
 
 Usage::
 
-    python scripts/demo.py [--size 1K] [--products 12] [--chunk-size 4] [--verbose]
+    python scripts/demo.py [--size 2K] [--products 12] [--chunk-size 4] [--verbose]
 """
 
 from __future__ import annotations
@@ -171,7 +171,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--size", default="1K", help="image size: 1K, 2K or WxH (default: %(default)s)")
+    parser.add_argument(
+        "--size",
+        default="2K",
+        help="image size: a preset the model takes (2K, 3K, 4K for 5.0 Lite) or WxH (default: %(default)s)",
+    )
     parser.add_argument("--products", type=int, default=0, help="only the first N products (default: all 12)")
     parser.add_argument("--chunk-size", type=int, default=4, help="products per mapped task (default: %(default)s)")
     parser.add_argument("--prefix", default="demo", help="key prefix of everything written (default: %(default)s)")

@@ -30,7 +30,7 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
     ),
     "plan": (["--sizes", "20"], {"benchmark", "concurrency", "cases", "plan_10k_s", "plan_10k_measured"}),
     "memory": (
-        ["--small", "2", "--large", "4", "--size", "1K", "--concurrency", "2"],
+        ["--small", "2", "--large", "4", "--size", "2K", "--concurrency", "2"],
         {"benchmark", "peak_rss_small_mb", "peak_rss_large_mb", "growth", "within_bound", "naive_growth", "operator", "naive"},
     ),
     "parse_cost": (

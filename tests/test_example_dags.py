@@ -204,7 +204,7 @@ def seedream_pool(airflow_db) -> str:
 
 @pytest.mark.usefixtures("airflow_db", "seedream_pool")
 def test_catalog_batch_end_to_end(seedream_emulator, s3_client, s3_server, bucket, catalog):
-    conf = {"bucket": bucket, "size": "1K", "chunk_size": 5}
+    conf = {"bucket": bucket, "size": "2K", "chunk_size": 5}
     done = example_dags_test("seedream_catalog_batch", bucket, conf)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = done.stdout + done.stderr
@@ -279,7 +279,7 @@ def test_catalog_rows_inserted_or_reordered_regenerate_nothing_unchanged(seedrea
     def product(n: int) -> dict[str, Any]:
         return {"id": f"K{n}", "name": f"item {n}", "category": "Decor", "colour": "blue", "material": "glass"}
 
-    conf = {"bucket": bucket, "catalog_key": "in/products.jsonl", "size": "1K", "chunk_size": 2}
+    conf = {"bucket": bucket, "catalog_key": "in/products.jsonl", "size": "2K", "chunk_size": 2}
     upload([product(n) for n in range(1, 5)])
     first = example_dags_test("seedream_catalog_batch", bucket, conf)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -338,7 +338,7 @@ def test_catalog_batch_partial_failure_still_reports(seedream_emulator, s3_clien
         "catalog_key": "in/products.jsonl",
         "images_prefix": "out/img",
         "report_prefix": "out/review",
-        "size": "1K",
+        "size": "2K",
         "chunk_size": 2,
     }
     done = example_dags_test("seedream_catalog_batch", bucket, conf)
@@ -388,7 +388,7 @@ def test_image_variants_end_to_end(seedream_emulator, s3_client, bucket):
         {"name": "snow", "prompt": "on a snowy mountain ledge"},
         {"name": "beach", "prompt": "on a sunny beach towel"},
     ]
-    done = example_dags_test("seedream_image_variants", bucket, {"bucket": bucket, "size": "1K", "variants": variants})
+    done = example_dags_test("seedream_image_variants", bucket, {"bucket": bucket, "size": "2K", "variants": variants})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     stats = seedream_emulator.stats()
@@ -418,7 +418,7 @@ def test_scheduled_banner_records_its_asset_event_and_queues_the_publisher(seedr
     from airflow.utils.session import create_session
 
     uri = f"s3://{bucket}/banners"
-    done = example_dags_test("seedream_daily_banner", bucket, {"bucket": bucket, "size": "1K", "style": "neon"})
+    done = example_dags_test("seedream_daily_banner", bucket, {"bucket": bucket, "size": "2K", "style": "neon"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     stored = keys(s3_client, bucket, "banners/")

@@ -82,7 +82,7 @@ def test_a_dag_run_emits_the_images_and_references_as_datasets(seedream_emulator
         "prompts": ["a red apple", "a green pear"],
         "bucket": bucket,
         "prefix": "lineage",
-        "size": "1K",
+        "size": "2K",
         "image": f"s3://{bucket}/refs/photo.jpg",
     }
     done = lineage_dags_test("seedream_test_batch", events, conf)
@@ -109,7 +109,7 @@ def test_a_catalog_chunk_names_its_catalog_and_its_images(seedream_emulator, s3_
     ]
     s3_client.put_object(Bucket=bucket, Key="in/lamps.jsonl", Body="".join(json.dumps(p) + "\n" for p in products).encode())
     events = tmp_path / "openlineage.jsonl"
-    conf = {"bucket": bucket, "catalog_key": "in/lamps.jsonl", "size": "1K", "chunk_size": 2}
+    conf = {"bucket": bucket, "catalog_key": "in/lamps.jsonl", "size": "2K", "chunk_size": 2}
     done = lineage_dags_test(
         "seedream_catalog_batch", events, conf,
         AIRFLOW__CORE__DAGS_FOLDER=str(DAGS), SEEDREAM_BUCKET=bucket, SEEDREAM_TASK_RETRIES="0",

@@ -88,7 +88,7 @@ def test_the_provider_declares_its_links():
 def test_a_finished_task_links_to_its_images_through_the_rest_api(seedream_emulator, s3_client, s3_server, bucket):
     from tests.dag_runs import airflow_dags_test
 
-    conf = {"prompts": ["a red apple"], "bucket": bucket, "prefix": "linked/run", "size": "1K"}
+    conf = {"prompts": ["a red apple"], "bucket": bucket, "prefix": "linked/run", "size": "2K"}
     done = airflow_dags_test("seedream_test_batch", **conf)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

@@ -27,7 +27,7 @@ for dag_id, replace, transport in (
             "prompts": ["a red apple"],
             "bucket": "images",
             "prefix": "batch",
-            "size": "1K",
+            "size": "2K",
             "extra": {},
             "image": None,
         },
@@ -59,7 +59,7 @@ with DAG(
         prompt=["a {{ params.style }} banner for {{ ds }}", "prompts/product.j2"],
         s3_bucket="{{ params.bucket }}",
         s3_prefix="banners/{{ ds }}",
-        size="1K",
+        size="2K",
         watermark=False,
         output_format="png",
         hook_params=FAST_RETRIES,
@@ -82,7 +82,7 @@ with DAG(
         task_id="per_product",
         s3_bucket="{{ params.bucket }}",
         s3_prefix="mapped",
-        size="1K",
+        size="2K",
         hook_params=FAST_RETRIES,
     ).expand(prompt=prompts)
 
@@ -91,6 +91,6 @@ with DAG(
         prompt=prompts,
         s3_bucket="{{ params.bucket }}",
         s3_prefix="from-xcom",
-        size="1K",
+        size="2K",
         hook_params=FAST_RETRIES,
     )

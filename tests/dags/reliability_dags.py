@@ -21,7 +21,7 @@ with DAG(
         prompt="{{ params.prompts }}",
         s3_bucket="{{ params.bucket }}",
         s3_prefix="{{ params.prefix }}",
-        size="1K",
+        size="2K",
         max_concurrency=16,
         resolve_unknown="{{ params.resolve_unknown }}",
         # A killed try's claims are taken as dead 5 s after its last heartbeat.

@@ -93,7 +93,7 @@ def start_example_runs(
     for dag_id, conf in (
         ("seedream_daily_banner", banner_conf),
         ("seedream_catalog_batch", catalog_conf),
-        ("seedream_image_variants", {"size": "1K", "variants": variants}),
+        ("seedream_image_variants", {"size": "2K", "variants": variants}),
     ):
         run = rest.trigger(dag_id, conf)
         assert run["logical_date"] is None and run["run_type"] == "manual"

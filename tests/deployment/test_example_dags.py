@@ -22,8 +22,8 @@ from tests.deployment.conftest import UI_FORM_EXTRAS, Tier
 from tests.deployment.runs import RUN_TIMEOUT, ExampleRuns, start_example_runs
 
 DATA = ROOT / "data"
-BANNER_CONF = {"size": "1K", "style": "neon"}
-CATALOG_CONF = {"size": "1K", "chunk_size": 5}
+BANNER_CONF = {"size": "2K", "style": "neon"}
+CATALOG_CONF = {"size": "2K", "chunk_size": 5}
 VARIANTS = [
     {"name": "snow", "prompt": "on a snowy mountain ledge"},
     {"name": "beach", "prompt": "on a sunny beach towel"},
@@ -163,7 +163,7 @@ def test_missing_catalog_fails_without_retries_or_requests(deployment: Tier, exa
         deployment,
         example_runs,
         "seedream_catalog_batch",
-        {"catalog_key": "catalogs/no-such-catalog.jsonl", "size": "1K"},
+        {"catalog_key": "catalogs/no-such-catalog.jsonl", "size": "2K"},
         "load_catalog",
         "catalog_key",
     )

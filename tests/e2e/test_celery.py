@@ -41,8 +41,8 @@ def interval(ti: dict[str, Any]) -> tuple[datetime, datetime]:
 def celery_runs(celery_tier: Tier) -> ExampleRuns:
     return start_example_runs(
         celery_tier,
-        {"size": "1K", "style": "linocut"},
-        {"size": "1K", "chunk_size": 3},
+        {"size": "2K", "style": "linocut"},
+        {"size": "2K", "chunk_size": 3},
         VARIANTS,
         label="e2e tier (CeleryExecutor)",
     )
@@ -84,7 +84,7 @@ def test_catalog_under_faults_stores_every_image_once(celery_tier: Tier, celery_
     emulator.reset()
     emulator.configure(**FAULTS)
     try:
-        conf = {"size": "1K", "chunk_size": 3, "images_prefix": "faults/images", "report_prefix": "faults/review"}
+        conf = {"size": "2K", "chunk_size": 3, "images_prefix": "faults/images", "report_prefix": "faults/review"}
         run_id = rest.trigger("seedream_catalog_batch", conf)["dag_run_id"]
         run = celery_runs.assert_succeeded("seedream_catalog_batch", run_id)
         stats = emulator.stats()

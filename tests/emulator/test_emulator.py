@@ -625,3 +625,27 @@ def test_the_emulator_refuses_what_a_model_family_cannot_do(emulator: EmulatorSe
     assert generate(emulator, model=pro, size="4K").json()["error"]["param"] == "size"
     assert generate(emulator, model=pro, size="2K").status_code == 200
     assert emulator.stats()["images_generated"] == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "taken", "refused"),
+    [
+        ("doubao-seedream-5-0-pro-260628", ["1K", "2K"], ["3K", "4K"]),
+        ("doubao-seedream-5-0-260128", ["2K", "3K", "4K"], ["1K"]),
+        ("seedream-5-0-260128", ["2K"], ["1K"]),
+        ("doubao-seedream-4-5-251128", ["2K", "4K"], ["1K", "3K"]),
+        ("doubao-seedream-4-0-250828", ["1K", "2K", "4K"], ["3K"]),
+    ],
+)
+def test_each_family_takes_its_own_size_presets(emulator: EmulatorServer, model, taken, refused) -> None:
+    from airflow_provider_seedream.exceptions import SeedreamValidationError
+    from airflow_provider_seedream.validation import validate_request
+
+    for size in refused:
+        with pytest.raises(SeedreamValidationError, match=rf"^size: {model} \(.*\) takes the presets {', '.join(taken)}"):
+            validate_request({"model": model, "prompt": "a kite", "size": size})
+        answer = generate(emulator, model=model, size=size)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "size", (model, size)
+    for size in taken:
+        validate_request({"model": model, "prompt": "a kite", "size": size})
+    assert emulator.stats()["images_generated"] == 0

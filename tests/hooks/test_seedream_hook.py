@@ -43,22 +43,22 @@ def served(emulator) -> dict[str, str]:
 
 
 def test_generates_and_downloads_an_image_by_url(hook, seedream_emulator):
-    result = hook.generate_images("a red apple on a table", size="1K", watermark=False)
+    result = hook.generate_images("a red apple on a table", size="2K", watermark=False)
 
     assert result.model == "doubao-seedream-5-0-260128"
     assert result.usage["generated_images"] == 1
     [image] = result.images
-    assert image.ok and image.url and image.size == "1024x1024"
+    assert image.ok and image.url and image.size == "2048x2048"
     buffer = io.BytesIO()
     downloaded = hook.download_image(image, buffer)
     assert downloaded.sha256 == hashlib.sha256(buffer.getvalue()).hexdigest()
     assert downloaded.sha256 in served(seedream_emulator).values()
     assert downloaded.format == "jpeg" and downloaded.content_type == "image/jpeg"
-    assert Image.open(io.BytesIO(buffer.getvalue())).size == (1024, 1024)
+    assert Image.open(io.BytesIO(buffer.getvalue())).size == (2048, 2048)
 
 
 def test_b64_json_is_decoded(hook, seedream_emulator):
-    result = hook.generate_images("a blue cube", size="1K", response_format="b64_json", output_format="png")
+    result = hook.generate_images("a blue cube", size="2K", response_format="b64_json", output_format="png")
 
     [image] = result.images
     assert image.b64_json and image.url is None
@@ -72,7 +72,7 @@ def test_b64_json_is_decoded(hook, seedream_emulator):
 def test_group_mode_returns_max_images(hook):
     result = hook.generate_images(
         "four seasons of one tree",
-        size="1K",
+        size="2K",
         sequential_image_generation="auto",
         sequential_image_generation_options={"max_images": 4},
     )
@@ -84,7 +84,7 @@ def test_group_mode_returns_max_images(hook):
 def test_per_item_errors_keep_the_other_images(hook, seedream_emulator):
     result = hook.generate_images(
         "three views [item-error]",
-        size="1K",
+        size="2K",
         sequential_image_generation="auto",
         sequential_image_generation_options={"max_images": 3},
     )
@@ -102,7 +102,7 @@ def test_ark_path_is_served(seedream_emulator, monkeypatch):
     )
     hook = SeedreamHook("seedream_ark", **FAST)
     assert hook.settings["endpoint"] == f"{seedream_emulator.url}/api/v3/images/generations"
-    assert hook.generate_images("a lighthouse", size="1K").succeeded
+    assert hook.generate_images("a lighthouse", size="2K").succeeded
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_connection_defaults_from_extras(seedream_emulator, monkeypatch):
                 "conn_type": "seedream",
                 "host": seedream_emulator.url,
                 "password": API_KEY,
-                "extra": {"model": "doubao-seedream-4-0-250828", "parameters": {"size": "1K", "watermark": False}},
+                "extra": {"model": "doubao-seedream-4-0-250828", "parameters": {"size": "2K", "watermark": False}},
             }
         ),
     )
@@ -136,7 +136,7 @@ def test_connection_defaults_from_extras(seedream_emulator, monkeypatch):
     body = hook.build_request("a fox", future_field={"x": 1})
     assert body == {
         "model": "doubao-seedream-4-0-250828",
-        "size": "1K",
+        "size": "2K",
         "watermark": False,
         "future_field": {"x": 1},
         "prompt": "a fox",
@@ -213,13 +213,13 @@ def test_oversized_data_uri_is_refused(hook, seedream_emulator):
 
 
 def test_long_prompt_is_a_warning_not_an_error(hook, capfd):
-    result = hook.generate_images("a very detailed scene " * 60, size="1K")
+    result = hook.generate_images("a very detailed scene " * 60, size="2K")
     assert result.succeeded
     assert "recommends at most" in capfd.readouterr().out
 
 
 def test_valid_reference_images_are_sent(hook, seedream_emulator):
-    result = hook.generate_images("the same cat in winter", size="1K", image=[f"data:image/png;base64,{PNG_1PX}"])
+    result = hook.generate_images("the same cat in winter", size="2K", image=[f"data:image/png;base64,{PNG_1PX}"])
     assert result.succeeded
     assert seedream_emulator.stats()["references"] == 1
 
@@ -230,7 +230,7 @@ def test_valid_reference_images_are_sent(hook, seedream_emulator):
 @pytest.mark.parametrize("fault", ["429", "500", "503"])
 def test_faults_that_prove_nothing_was_made_are_retried(hook, seedream_emulator, fault):
     seedream_emulator.configure(script=[fault, fault], retry_after=0)
-    result = hook.generate_images("a kite", size="1K")
+    result = hook.generate_images("a kite", size="2K")
     assert result.succeeded
     stats = seedream_emulator.stats()
     assert stats["generation_requests"] == 3
@@ -250,7 +250,7 @@ def test_an_unknown_outcome_is_reported_and_never_sent_again(seedream_emulator, 
     hook = SeedreamHook(timeout=0.5, **FAST)
     seedream_emulator.configure(script=[fault], slow_seconds=3)
     with pytest.raises(SeedreamUnknownOutcomeError, match=UNKNOWN_OUTCOMES[fault]) as raised:
-        hook.generate_images("a kite that may have been billed", size="1K")
+        hook.generate_images("a kite that may have been billed", size="2K")
     assert "may have been billed" in str(raised.value)
     assert seedream_emulator.stats()["generation_requests"] == 1
 
@@ -265,7 +265,7 @@ def test_retry_unknown_outcome_opts_back_in(seedream_emulator, monkeypatch, wher
         monkeypatch.setenv("AIRFLOW_CONN_SEEDREAM_RETRYING", json.dumps(conn))
         hook = SeedreamHook("seedream_retrying", **FAST)
     seedream_emulator.configure(script=["reset"])
-    assert hook.generate_images("a kite sent twice on purpose", size="1K").succeeded
+    assert hook.generate_images("a kite sent twice on purpose", size="2K").succeeded
     assert seedream_emulator.stats()["generation_requests"] == 2
 
 
@@ -280,7 +280,7 @@ def test_a_failure_to_connect_is_retried_as_nothing_was_sent():
     attempts = []
     hook.log.warning = lambda *args: attempts.append(args)  # type: ignore[method-assign]
     with pytest.raises(requests.ConnectionError):
-        hook.generate_images("a kite with nowhere to go", size="1K")
+        hook.generate_images("a kite with nowhere to go", size="2K")
     assert len(attempts) == 2, "a refused connection is tried max_retries more times"
 
 
@@ -294,7 +294,7 @@ def _settings_for(host: str) -> dict:
 def test_a_long_retry_after_is_capped(seedream_emulator, capfd):
     hook = SeedreamHook(retry_min_wait=0.01, retry_max_wait=0.3, max_retries=1)
     seedream_emulator.configure(script=["429"], retry_after=3600)
-    assert hook.generate_images("an impatient kite", size="1K").succeeded
+    assert hook.generate_images("an impatient kite", size="2K").succeeded
     output = capfd.readouterr()
     assert "retry 1 of 1 in 0.30 s" in output.out + output.err
 
@@ -310,7 +310,7 @@ def test_blank_extras_from_the_connection_form_mean_the_defaults(seedream_emulat
     assert (settings["timeout"], settings["max_retries"], settings["retry_unknown_outcome"]) == (300.0, 6, False)
     assert settings["model"] == "doubao-seedream-5-0-260128"
     assert settings["endpoint"] == f"{seedream_emulator.url}/v1/images/generations"
-    assert hook.generate_images("a kite from the form", size="1K").succeeded
+    assert hook.generate_images("a kite from the form", size="2K").succeeded
 
 
 def test_a_bad_extra_names_itself(seedream_emulator, monkeypatch):
@@ -321,9 +321,9 @@ def test_a_bad_extra_names_itself(seedream_emulator, monkeypatch):
 
 
 def test_the_read_timeout_grows_with_a_group(hook):
-    single = hook.build_request("a kite", size="1K")
+    single = hook.build_request("a kite", size="2K")
     group = hook.build_request(
-        "a kite", size="1K", sequential_image_generation="auto", sequential_image_generation_options={"max_images": 15}
+        "a kite", size="2K", sequential_image_generation="auto", sequential_image_generation_options={"max_images": 15}
     )
     assert hook.read_timeout(single) == 300.0
     assert hook.read_timeout(group) == 300.0 + 14 * 60.0
@@ -333,7 +333,7 @@ def test_retry_after_is_honoured(seedream_emulator):
     hook = SeedreamHook(retry_min_wait=0.01, retry_max_wait=5.0, max_retries=1)
     seedream_emulator.configure(script=["429"], retry_after=1)
     started = time.monotonic()
-    hook.generate_images("a patient kite", size="1K")
+    hook.generate_images("a patient kite", size="2K")
     assert time.monotonic() - started >= 1.0
 
 
@@ -341,7 +341,7 @@ def test_retries_give_up_with_the_last_error(seedream_emulator):
     hook = SeedreamHook(retry_min_wait=0.01, retry_max_wait=0.02, max_retries=2)
     seedream_emulator.configure(script=["500"] * 5)
     with pytest.raises(SeedreamAPIError) as raised:
-        hook.generate_images("a doomed kite", size="1K")
+        hook.generate_images("a doomed kite", size="2K")
     assert raised.value.status == 500 and raised.value.code == "InternalServiceError"
     assert seedream_emulator.stats()["generation_requests"] == 3
 
@@ -349,7 +349,7 @@ def test_retries_give_up_with_the_last_error(seedream_emulator):
 def test_quota_exceeded_is_not_retried(hook, seedream_emulator):
     seedream_emulator.configure(quota_exceeded=True)
     with pytest.raises(SeedreamAPIError) as raised:
-        hook.generate_images("a kite", size="1K")
+        hook.generate_images("a kite", size="2K")
     assert raised.value.status == 429 and raised.value.code == "QuotaExceeded"
     assert not raised.value.retryable
     assert seedream_emulator.stats()["generation_requests"] == 1
@@ -357,7 +357,7 @@ def test_quota_exceeded_is_not_retried(hook, seedream_emulator):
 
 def test_refused_prompt_is_not_retried(hook, seedream_emulator):
     with pytest.raises(SeedreamAPIError) as raised:
-        hook.generate_images("something [refuse]", size="1K")
+        hook.generate_images("something [refuse]", size="2K")
     error = raised.value
     assert error.status == 400 and error.code == "InputTextSensitiveContentDetected"
     assert error.request_id
@@ -368,7 +368,7 @@ def test_wrong_key_is_not_retried_and_never_shown(seedream_emulator):
     seedream_emulator.configure(api_key="the-right-key")
     hook = SeedreamHook(**FAST)
     with pytest.raises(SeedreamAPIError) as raised:
-        hook.generate_images("a kite", size="1K")
+        hook.generate_images("a kite", size="2K")
     assert raised.value.status == 401
     assert API_KEY not in str(raised.value) and API_KEY not in repr(raised.value.__dict__)
     assert seedream_emulator.stats()["generation_requests"] == 1
@@ -378,7 +378,7 @@ def test_wrong_key_is_not_retried_and_never_shown(seedream_emulator):
 
 
 def test_signed_url_is_used_exactly_as_received(hook, seedream_emulator):
-    [image] = hook.generate_images("a tulip", size="1K").images
+    [image] = hook.generate_images("a tulip", size="2K").images
     assert "&" in image.url and "%" in image.url
     hook.download_image(image, io.BytesIO())
 
@@ -393,7 +393,7 @@ def test_signed_url_is_used_exactly_as_received(hook, seedream_emulator):
 
 @pytest.mark.parametrize("fault", ["truncate", "500"])
 def test_broken_downloads_are_retried_as_downloads(hook, seedream_emulator, fault):
-    [image] = hook.generate_images("a tulip", size="1K").images
+    [image] = hook.generate_images("a tulip", size="2K").images
     seedream_emulator.configure(download_script=[fault, fault])
     buffer = io.BytesIO()
     downloaded = hook.download_image(image, buffer)
@@ -405,7 +405,7 @@ def test_broken_downloads_are_retried_as_downloads(hook, seedream_emulator, faul
 
 def test_download_limits(seedream_emulator):
     hook = SeedreamHook(max_download_bytes=1000, **FAST)
-    [image] = hook.generate_images("a tulip", size="1K").images
+    [image] = hook.generate_images("a tulip", size="2K").images
     with pytest.raises(SeedreamDownloadError, match="over the limit"):
         hook.download_image(image, io.BytesIO())
     with pytest.raises(SeedreamDownloadError, match="only http"):
@@ -487,14 +487,14 @@ def test_one_hook_serves_many_threads(seedream_emulator):
     hook = SeedreamHook(pool_maxsize=8, **FAST)
     seedream_emulator.configure(latency=0.2)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda n: hook.generate_images(f"tile {n}", size="1K"), range(16)))
+        results = list(pool.map(lambda n: hook.generate_images(f"tile {n}", size="2K"), range(16)))
     assert all(result.succeeded for result in results)
     assert seedream_emulator.stats()["images_generated"] == 16
     assert hook.get_conn() is hook.get_conn()
 
 
 def test_repr_hides_signatures_and_payloads(hook):
-    [image] = hook.generate_images("a tulip", size="1K").images
+    [image] = hook.generate_images("a tulip", size="2K").images
     text = repr(image)
     assert "Signature" not in text and "?<signature redacted>" in text
     assert "b64_json<4 chars>" in repr(GeneratedImage(index=0, b64_json="AAAA"))
@@ -510,7 +510,7 @@ def test_unknown_connection_names_itself():
 def test_refused_reference_link_is_not_echoed(hook, seedream_emulator):
     link = f"{seedream_emulator.url}/missing.png?X-Amz-Signature=0123456789abcdef&X-Amz-Credential=me%2Fus"
     with pytest.raises(SeedreamAPIError) as raised:
-        hook.generate_images("the same chair in autumn", size="1K", image=link)
+        hook.generate_images("the same chair in autumn", size="2K", image=link)
     assert raised.value.status == 400 and raised.value.code.startswith("InvalidImageURL")
     assert "X-Amz-Signature" not in str(raised.value) and "0123456789abcdef" not in str(raised.value)
 
@@ -520,7 +520,7 @@ def test_refused_reference_link_is_not_echoed(hook, seedream_emulator):
 
 def test_b64_images_are_spooled_to_files_as_they_are_read(hook, seedream_emulator):
     body = hook.build_request(
-        "a row of kites", size="1K", response_format="b64_json",
+        "a row of kites", size="2K", response_format="b64_json",
         sequential_image_generation="auto", sequential_image_generation_options={"max_images": 3},
     )
     result = hook.send_request(body, spool_images=True)
@@ -558,7 +558,7 @@ def test_downloads_go_through_the_environments_proxy(hook, seedream_emulator, mo
         def log_message(self, *args) -> None:
             pass
 
-    [image] = hook.generate_images("a kite behind a proxy", size="1K").images
+    [image] = hook.generate_images("a kite behind a proxy", size="2K").images
     served_digests = {served["sha256"] for served in seedream_emulator.images()}
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
@@ -580,7 +580,7 @@ GROUP = {"sequential_image_generation": "auto", "sequential_image_generation_opt
 
 
 def test_a_streamed_group_yields_each_image_then_the_usage(hook, seedream_emulator):
-    events = list(hook.generate_images("a streamed comic strip", size="1K", stream=True, **GROUP))
+    events = list(hook.generate_images("a streamed comic strip", size="2K", stream=True, **GROUP))
     assert [event.type for event in events] == [
         "image_generation.partial_succeeded",
         "image_generation.partial_succeeded",
@@ -595,7 +595,7 @@ def test_a_streamed_group_yields_each_image_then_the_usage(hook, seedream_emulat
 
 
 def test_a_streamed_per_item_failure_keeps_the_other_images(hook, seedream_emulator):
-    events = list(hook.generate_images("a streamed strip [item-error]", size="1K", stream=True, **GROUP))
+    events = list(hook.generate_images("a streamed strip [item-error]", size="2K", stream=True, **GROUP))
     failed = [event for event in events if event.type == "image_generation.partial_failed"]
     assert len(failed) == 1 and failed[0].image.error_code == "OutputImageSensitiveContentDetected"
     assert sum(event.type == "image_generation.partial_succeeded" for event in events) == 2
@@ -609,7 +609,7 @@ def test_a_streamed_request_is_checked_before_anything_is_sent(hook, seedream_em
 
 def test_an_abandoned_stream_closes_its_connection(hook, seedream_emulator):
     seedream_emulator.configure(latency=0.2)
-    events = hook.generate_images("a long strip", size="1K", stream=True, **{
+    events = hook.generate_images("a long strip", size="2K", stream=True, **{
         "sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 10},
     })
     first = next(events)
@@ -629,12 +629,12 @@ def test_a_stream_s_read_timeout_applies_between_images_not_to_the_whole_group(s
     seedream_emulator.configure(latency=0.5)
     hook = SeedreamHook(**{**FAST, "timeout": 2.5})
     group = {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 8}}
-    events = list(hook.generate_images("a slow strip", size="1K", stream=True, **group))
+    events = list(hook.generate_images("a slow strip", size="2K", stream=True, **group))
     assert sum(1 for event in events if event.image is not None) == 8
     # An image later than the read timeout is an unknown outcome, not sent again.
     seedream_emulator.configure(latency=4.0)
     with pytest.raises(SeedreamUnknownOutcomeError, match="read timeout of 2.5 s"):
-        list(hook.generate_images("a slower strip", size="1K", stream=True, **group))
+        list(hook.generate_images("a slower strip", size="2K", stream=True, **group))
     assert seedream_emulator.stats()["generation_requests"] == 2
 
 
@@ -642,7 +642,7 @@ def test_a_stream_that_breaks_off_is_an_unknown_outcome_after_its_images(hook, s
     seedream_emulator.configure(script=["reset"], fault_seed=3)
     received = []
     with pytest.raises(SeedreamUnknownOutcomeError, match="stream broke off|stream ended"):
-        for event in hook.generate_images("a strip cut short", size="1K", stream=True, **{
+        for event in hook.generate_images("a strip cut short", size="2K", stream=True, **{
             "sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 6},
         }):
             received.append(event)

@@ -55,8 +55,8 @@ def test_batch_lands_in_s3_with_metadata_and_small_xcom(seedream_emulator, s3_cl
         data = stored[record["key"]]
         assert hashlib.sha256(data).hexdigest() == record["sha256"]
         assert len(data) == record["bytes"]
-        assert Image.open(io.BytesIO(data)).size == (1024, 1024)
-        assert record["content_type"] == "image/jpeg" and record["size"] == "1024x1024"
+        assert Image.open(io.BytesIO(data)).size == (2048, 2048)
+        assert record["content_type"] == "image/jpeg" and record["size"] == "2048x2048"
         assert record["model"] == "doubao-seedream-5-0-260128" and record["reused"] is False
         head = s3_client.head_object(Bucket=bucket, Key=record["key"])
         assert head["ContentType"] == "image/jpeg"
@@ -86,12 +86,12 @@ def test_rerun_costs_nothing_and_a_changed_prompt_is_regenerated(seedream_emulat
     assert third[1]["sha256"] != first[1]["sha256"] and third[1]["key"] == first[1]["key"]
 
     seedream_emulator.reset()
-    resized = task_xcom(run_dag("seedream_test_batch", prompts=changed, bucket=bucket, size="2K", prefix="rerun"), "generate")
+    resized = task_xcom(run_dag("seedream_test_batch", prompts=changed, bucket=bucket, size="2304x1728", prefix="rerun"), "generate")
     assert seedream_emulator.stats()["generation_requests"] == 3
-    assert {record["size"] for record in resized} == {"2048x2048"}
+    assert {record["size"] for record in resized} == {"2304x1728"}
 
     seedream_emulator.reset()
-    replaced_run = run_dag("seedream_test_replace", prompts=changed, bucket=bucket, size="2K", prefix="rerun")
+    replaced_run = run_dag("seedream_test_replace", prompts=changed, bucket=bucket, size="2304x1728", prefix="rerun")
     assert replaced_run.state == "success"
     assert seedream_emulator.stats()["generation_requests"] == 3
     replaced = task_xcom(replaced_run, "generate")

@@ -30,7 +30,7 @@ TASK_PROCESS = Path(__file__).with_name("task_process.py")
 
 def spawn(bucket: str, prompts: Any, run_id: str, **arguments: Any) -> subprocess.Popen[str]:
     spec = {
-        "task_id": "generate", "prompt": prompts, "s3_bucket": bucket, "s3_prefix": "p", "size": "1K",
+        "task_id": "generate", "prompt": prompts, "s3_bucket": bucket, "s3_prefix": "p", "size": "2K",
         "max_concurrency": 4, "hook_params": FAST, **arguments,
         "context": {"run_id": run_id, "map_index": arguments.pop("map_index", -1), "try_number": 1},
     }

@@ -35,7 +35,7 @@ def task(bucket: str, prompts: list[str], try_number: int, *, aws: str | None, h
     import sys
 
     spec = {
-        "task_id": "generate", "prompt": prompts, "s3_bucket": bucket, "s3_prefix": "p", "size": "1K",
+        "task_id": "generate", "prompt": prompts, "s3_bucket": bucket, "s3_prefix": "p", "size": "2K",
         "max_concurrency": CONCURRENCY, "hook_params": FAST, "lease_seconds": 2, "claim_wait_seconds": 30,
         "context": {"run_id": "hang-run", "try_number": try_number, "execution_timeout": timeout},
     }

@@ -44,7 +44,7 @@ def operator(bucket: str, prompts: Any, **kwargs: Any) -> SeedreamToS3Operator:
         "prompt": prompts,
         "s3_bucket": bucket,
         "s3_prefix": "p",
-        "size": "1K",
+        "size": "2K",
         "max_concurrency": 4,
         "hook_params": dict(FAST),
     }

@@ -39,7 +39,7 @@ for dag_id, timeout in (
             prompt=PROMPTS,
             s3_bucket=BUCKET,
             s3_prefix="{{ params.prefix }}",
-            size="1K",
+            size="2K",
             seedream_conn_id="seedream_interrupt",
             max_concurrency=MAX_CONCURRENCY,
             execution_timeout=timeout,

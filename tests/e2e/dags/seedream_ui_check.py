@@ -27,7 +27,7 @@ with DAG(
         prompt=[f"a paper lantern number {number} on a dark blue background" for number in range(6)],
         s3_bucket=os.environ.get("SEEDREAM_BUCKET", "seedream-demo"),
         s3_prefix="ui-check/{{ run_id | replace(':', '-') | replace('+', '-') }}",
-        size="1K",
+        size="2K",
         seedream_conn_id="seedream_ui",
         max_concurrency=2,
         retries=0,
