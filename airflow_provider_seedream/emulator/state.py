@@ -14,28 +14,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_seedream.emulator.config import GENERATION_RATES, EmulatorConfig
+from airflow_provider_seedream.emulator.config import (
+    DOWNLOAD_FAULTS,
+    GENERATION_FAULTS,
+    GENERATION_RATES,
+    EmulatorConfig,
+)
 from airflow_provider_seedream.emulator.generation import MAX_GROUP_IMAGES
 from airflow_provider_seedream.emulator.images import ImageRecord
 
 log = logging.getLogger(__name__)
 
-#: Keys of the ``faults`` counter, always present.
+#: Keys of the ``faults`` counter, always present: every generation fault a script may name, the
+#: download faults, and the refusals and rate limits no script names.
 FAULT_KEYS = (
-    "429",
-    "500",
-    "503",
-    "502",
-    "504",
-    "reset",
-    "stream_error",
-    "slow",
-    "truncate",
-    "download_500",
-    "denied",
-    "quota",
-    "spending_cap",
-    "overdue",
+    *(fault for fault in GENERATION_FAULTS if fault != "ok"),
+    *(f"download_{fault}" if fault == "500" else fault for fault in DOWNLOAD_FAULTS if fault != "ok"),
     "refused",
     "rate_limited",
 )
