@@ -108,12 +108,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# Mutation testing (mutmut, configured in setup.cfg): every mutant of the spend ledger and the
-# argument parser is run against their fast tests; the survivors are listed.
+# Mutation testing (mutmut, configured in setup.cfg): every mutant of the spend ledger, the
+# argument parser and the request checks is run against their fast tests; the kill rate of each
+# module is printed and the survivors are written to mutants-survivors.txt.
 mutants: $(STAMP)
 	$(BIN)/python -m pip install --quiet "mutmut==3.8.1"
 	$(BIN)/mutmut run
-	$(BIN)/mutmut results
+	$(BIN)/python scripts/mutant_report.py
 
 clean:
 	rm -rf $(VENV) .venv-compat-* .venv-tools $(DIST_VENV) dist .airflow .demo tests/e2e/artifacts build *.egg-info mutants

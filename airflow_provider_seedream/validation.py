@@ -9,7 +9,6 @@ field as ``null``.
 
 from __future__ import annotations
 
-import binascii
 import math
 import re
 from collections.abc import Mapping
@@ -54,7 +53,7 @@ BOOLEAN_FIELDS = ("watermark", "stream", "layer_decomposition")
 
 _WXH = re.compile(r"^([1-9][0-9]{1,5})x([1-9][0-9]{1,5})$")
 _DATA_URI = re.compile(r"^data:image/([a-z]+);base64,(.*)$", re.DOTALL)
-_BASE64_CHARS = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
+_BASE64_CHARS = re.compile(rb"[A-Za-z0-9+/]*={0,2}\Z")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
@@ -364,14 +363,9 @@ def check_reference(reference: Any, field: str = "image") -> None:
     if fmt not in REFERENCE_FORMATS:
         raise SeedreamValidationError(field, f"data URI format {fmt!r} is not one of {allowed}")
     payload = reference.partition(",")[2].encode("ascii", errors="replace")
+    # Base64's alphabet in groups of four, padded only at the end: such a payload always decodes.
     if not payload or len(payload) % 4 or not _BASE64_CHARS.match(payload):
         raise SeedreamValidationError(field, "data URI payload is not valid base64")
-    try:
-        head = binascii.a2b_base64(payload[:64])
-    except binascii.Error as error:
-        raise SeedreamValidationError(field, "data URI payload is not valid base64") from error
-    if not head:
-        raise SeedreamValidationError(field, "data URI payload is empty")
     size = len(payload) * 3 // 4
     if size > MAX_REFERENCE_BYTES:
         raise SeedreamValidationError(
