@@ -55,3 +55,6 @@ def test_a_number_at_its_floor():
     with pytest.raises(SeedreamValidationError, match=r"must be a number of at least 0, got -0.5"):
         as_number("retry_min_wait", -0.5, 0)
     assert as_number("x", "-7") == -7.0
+    with pytest.raises(SeedreamValidationError) as refused:
+        as_number("x", "soon")
+    assert str(refused.value) == "x: must be a number, got 'soon'"
