@@ -79,14 +79,9 @@ compat: $(addprefix compat-,$(COMPAT_MINORS))
 # cutoff; run it when a new patch of a minor is supported.
 compat-constraints:
 	test -x .venv-tools/bin/uv || ($(PYTHON) -m venv .venv-tools && .venv-tools/bin/pip install --quiet "uv==0.13.9")
-	for minor in $(COMPAT_MINORS); do \
-		case $$minor in 3.1) airflow=$(COMPAT_AIRFLOW_3.1) cutoff=$(COMPAT_CUTOFF_3.1);; \
-			3.2) airflow=$(COMPAT_AIRFLOW_3.2) cutoff=$(COMPAT_CUTOFF_3.2);; \
-			3.3) airflow=$(COMPAT_AIRFLOW_3.3) cutoff=$(COMPAT_CUTOFF_3.3);; esac; \
-		printf 'apache-airflow==%s\n-e .[test]\n' $$airflow | .venv-tools/bin/uv pip compile --quiet \
-			--python-version 3.11 --exclude-newer $$cutoff --no-header --no-annotate - \
-			| grep -v '^-e ' > constraints/airflow-$$minor.txt; \
-	done
+	$(foreach minor,$(COMPAT_MINORS),printf 'apache-airflow==%s\n-e .[test]\n' $(COMPAT_AIRFLOW_$(minor)) \
+		| .venv-tools/bin/uv pip compile --quiet --python-version 3.11 --exclude-newer $(COMPAT_CUTOFF_$(minor)) \
+			--no-header --no-annotate - | grep -v '^-e ' > constraints/airflow-$(minor).txt;)
 
 # The wheel and sdist, checked by twine, then the wheel installed as the README says into a fresh
 # virtual environment, where Airflow must list the provider and its connection type.
