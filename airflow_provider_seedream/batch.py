@@ -313,6 +313,8 @@ class BatchRunner:
     :param transport: how local and ``s3://`` references are sent.
     :param replace: generate again even when the same images are stored (once per DAG run).
     :param max_concurrency: generation requests in flight at once.
+    :param adaptive_concurrency: lower the requests in flight on rate limits (:class:`AdaptiveLimit`);
+        ``False`` keeps ``max_concurrency`` in flight.
     :param log: where progress goes.
     :param budget: ``max_billed_images`` of the task in this DAG run, shared through S3.
     :param resolve_unknown: what an unknown outcome of an earlier try becomes (:data:`RESOLUTIONS`).
@@ -331,6 +333,7 @@ class BatchRunner:
         replace: bool,
         max_concurrency: int,
         log: TaskLog,
+        adaptive_concurrency: bool = True,
         budget: Budget | None = None,
         resolve_unknown: str = "fail",
         claim_wait_seconds: float = CLAIM_WAIT_SECONDS,
@@ -358,7 +361,7 @@ class BatchRunner:
         self._open = 0
         self._jobs: dict[int, PromptJob] = {}
         self._progress: dict[int, _Progress] = {}
-        self.limit = AdaptiveLimit(max_concurrency)
+        self.limit = AdaptiveLimit(max_concurrency, adaptive=adaptive_concurrency)
         self._references: dict[str, tuple[float, str]] = {}
         self._reference_locks: dict[str, threading.Lock] = {}
 

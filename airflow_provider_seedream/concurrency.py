@@ -24,11 +24,14 @@ class AdaptiveLimit:
 
     :param maximum: the most requests in flight (``max_concurrency``); the limit starts there.
     :param minimum: the least the limit falls to.
+    :param adaptive: ``False`` keeps the limit at ``maximum`` whatever the service answers; rate
+        limits are still counted.
     """
 
-    def __init__(self, maximum: int, minimum: int = 1) -> None:
+    def __init__(self, maximum: int, minimum: int = 1, *, adaptive: bool = True) -> None:
         self.maximum = maximum
         self.minimum = min(minimum, maximum)
+        self.adaptive = adaptive
         self.limit = float(maximum)
         self.in_flight = 0
         self.rate_limited = 0
@@ -62,6 +65,6 @@ class AdaptiveLimit:
         with self._changed:
             self.rate_limited += 1
             now = time.monotonic()
-            if now - self._last_cut >= self._round_trip:
+            if self.adaptive and now - self._last_cut >= self._round_trip:
                 self._last_cut = now
                 self.limit = max(float(self.minimum), self.limit / 2.0)

@@ -33,6 +33,11 @@ the run's wall time against the bound images / limit; peak RSS of each task proc
 sizes; the largest XCom. Targets: rate >= 0.9 of the limit, 429s <= 5 % of requests, peak RSS
 per task within 1.1x from the small to the large catalog, largest XCom < 64 KiB.
 
+Beside it, unless ``--no-baseline``: the same large run in a second deployment whose tasks have
+``adaptive_concurrency=False`` (each keeps ``--concurrency`` requests in flight through 429s,
+leaving them to the hook's retries), printed side by side: images per minute, the 429 share,
+requests, peak in flight and wall time, and the ratios adaptive over fixed.
+
 Usage: ``python benchmarks/rate_limit.py [--prompts 2000] [--small 500] [--images-per-minute 1200]``;
 ``--tiny`` runs 40 and 20 prompts (every code path; the figures mean little).
 """
@@ -119,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--size", default="2K", help="image size (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="40 and 20 prompts, for the smoke test (figures mean little)")
+    parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="skip the large run with adaptive_concurrency off (max_concurrency kept in flight through 429s)",
+    )
     parser.add_argument("--keep-home", action="store_true", help="keep the Airflow home (logs, database) afterwards")
     return parser
 
@@ -283,9 +294,18 @@ def progress_of(rest: Any, run_id: str, ti: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_catalog(
-    airflow: AirflowDeployment, emulator: ServerProcess, s3: Any, count: int, slots: int, args: argparse.Namespace
+    airflow: AirflowDeployment,
+    emulator: ServerProcess,
+    s3: Any,
+    count: int,
+    slots: int,
+    args: argparse.Namespace,
+    label: str,
 ) -> dict[str, Any]:
-    """Upload a catalog of ``count`` products, run the DAG on it (``slots`` in the pool) and return what was measured."""
+    """Upload a catalog of ``count`` products, run the DAG on it (``slots`` in the pool) and return what was measured.
+
+    ``label`` names the run's prefixes, so that no run reuses another's images.
+    """
     from airflow_provider_seedream.emulator.client import EmulatorClient
 
     control = EmulatorClient(emulator.url)
@@ -297,8 +317,8 @@ def run_catalog(
         "catalog_key": key,
         "size": args.size,
         "chunk_size": args.chunk_size,
-        "images_prefix": f"bench-{count}/images",
-        "report_prefix": f"bench-{count}/review",
+        "images_prefix": f"bench-{label}-{count}/images",
+        "report_prefix": f"bench-{label}-{count}/review",
         "gallery_max_images": 100,
     }
     rest = airflow.rest
@@ -390,58 +410,37 @@ def run_catalog(
 # -- the benchmark --------------------------------------------------------------------------------
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Start everything, run the small and the large catalog, and return the figures."""
-    if args.tiny:
-        apply_tiny(args)
-    for name in ("prompts", "chunk_size"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.small < 0 or args.small >= args.prompts:
-        raise SystemExit(f"--small must be from 0 to fewer than --prompts ({args.prompts}), got {args.small}")
-    max_concurrency = args.concurrency
-    if max_concurrency <= 0:
-        raise SystemExit(f"--concurrency must be positive, got {max_concurrency}")
-    mean_latency = args.latency + args.latency_jitter / 2
-    needed_in_flight = args.images_per_minute / 60.0 * mean_latency
-    slots = args.pool_slots or max(4, math.ceil(POOL_HEADROOM * needed_in_flight / max_concurrency))
-    if slots <= 0:
-        raise SystemExit(f"--pool-slots must be positive, got {slots}")
-
+def deployment_runs(
+    homes: list[Path],
+    emulator: ServerProcess,
+    moto: ServerProcess,
+    s3: Any,
+    slots: int,
+    max_concurrency: int,
+    catalogs: list[tuple[str, int]],
+    adaptive: bool,
+    args: argparse.Namespace,
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """Start a deployment whose tasks adapt their concurrency (or not), run each catalog, stop it."""
     home = Path(tempfile.mkdtemp(prefix="seedream-bench-rate-limit-"))
-    servers: list[ServerProcess] = []
-    airflow: AirflowDeployment | None = None
+    homes.append(home)
     started = time.monotonic()
+    airflow = AirflowDeployment(
+        home,
+        [DAG_FILE],
+        executor="LocalExecutor",
+        env={
+            "SEEDREAM_BUCKET": BUCKET,
+            # A failed chunk shows at once instead of after a retry delay.
+            "SEEDREAM_TASK_RETRIES": "0",
+            "SEEDREAM_MAX_CONCURRENCY": str(max_concurrency),
+            "SEEDREAM_ADAPTIVE_CONCURRENCY": str(adaptive).lower(),
+            "AIRFLOW__CORE__PARALLELISM": str(slots + 1),
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(slots + 1),
+        },
+        components=("scheduler", "dag-processor"),
+    )
     try:
-        knobs = {
-            "images_per_minute": args.images_per_minute,
-            "latency_jitter": args.latency_jitter,
-            "fault_seed": 7,
-        }
-        emulator = start_emulator(args.latency, knobs=knobs)
-        servers.append(emulator)
-        moto = start_moto()
-        servers.append(moto)
-        import boto3
-
-        s3 = boto3.client(
-            "s3", endpoint_url=moto.url, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
-        )
-        s3.create_bucket(Bucket=BUCKET)
-        airflow = AirflowDeployment(
-            home,
-            [DAG_FILE],
-            executor="LocalExecutor",
-            env={
-                "SEEDREAM_BUCKET": BUCKET,
-                # A failed chunk shows at once instead of after a retry delay.
-                "SEEDREAM_TASK_RETRIES": "0",
-                "SEEDREAM_MAX_CONCURRENCY": str(max_concurrency),
-                "AIRFLOW__CORE__PARALLELISM": str(slots + 1),
-                "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(slots + 1),
-            },
-            components=("scheduler", "dag-processor"),
-        )
         airflow.start()
         rest = airflow.rest
         wait_for(
@@ -462,17 +461,63 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         rest.create_pool(POOL, slots, "Seedream generation")
         rest.unpause(DAG_ID)
         startup = time.monotonic() - started
-        runs = {}
-        for label, count in (("small", args.small), ("large", args.prompts)):
-            if count:
-                runs[label] = run_catalog(airflow, emulator, s3, count, slots, args)
+        runs = {label: run_catalog(airflow, emulator, s3, count, slots, args, label) for label, count in catalogs}
     finally:
-        if airflow is not None:
-            airflow.stop()
+        airflow.stop()
+    return runs, startup
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Start everything, run the small and the large catalog, and return the figures."""
+    if args.tiny:
+        apply_tiny(args)
+    for name in ("prompts", "chunk_size"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.small < 0 or args.small >= args.prompts:
+        raise SystemExit(f"--small must be from 0 to fewer than --prompts ({args.prompts}), got {args.small}")
+    max_concurrency = args.concurrency
+    if max_concurrency <= 0:
+        raise SystemExit(f"--concurrency must be positive, got {max_concurrency}")
+    mean_latency = args.latency + args.latency_jitter / 2
+    needed_in_flight = args.images_per_minute / 60.0 * mean_latency
+    slots = args.pool_slots or max(4, math.ceil(POOL_HEADROOM * needed_in_flight / max_concurrency))
+    if slots <= 0:
+        raise SystemExit(f"--pool-slots must be positive, got {slots}")
+
+    servers: list[ServerProcess] = []
+    homes: list[Path] = []
+    try:
+        knobs = {
+            "images_per_minute": args.images_per_minute,
+            "latency_jitter": args.latency_jitter,
+            "fault_seed": 7,
+        }
+        emulator = start_emulator(args.latency, knobs=knobs)
+        servers.append(emulator)
+        moto = start_moto()
+        servers.append(moto)
+        import boto3
+
+        s3 = boto3.client(
+            "s3", endpoint_url=moto.url, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+        )
+        s3.create_bucket(Bucket=BUCKET)
+        catalogs = [(label, count) for label, count in (("small", args.small), ("large", args.prompts)) if count]
+        runs, startup = deployment_runs(homes, emulator, moto, s3, slots, max_concurrency, catalogs, True, args)
+        baseline: dict[str, Any] | None = None
+        if args.baseline:
+            # The same large run in a deployment of its own whose tasks keep max_concurrency in flight.
+            fixed, _ = deployment_runs(
+                homes, emulator, moto, s3, slots, max_concurrency, [("fixed", args.prompts)], False, args
+            )
+            baseline = fixed["fixed"]
+    finally:
         for server in servers:
             server.stop()
         if not args.keep_home:
-            shutil.rmtree(home, ignore_errors=True)
+            for home in homes:
+                shutil.rmtree(home, ignore_errors=True)
 
     large = runs["large"]
     small = runs.get("small")
@@ -516,10 +561,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "largest_xcom": largest,
         "startup_s": startup,
         "runs": runs,
+        # The same large run with adaptive_concurrency off; None with --no-baseline.
+        "fixed_concurrency": baseline,
+        "adaptation_429_ratio": ratio(large["rate_limited_share"], baseline["rate_limited_share"]) if baseline else None,
+        "adaptation_rate_ratio": ratio(achieved, baseline["achieved_images_per_minute"]) if baseline else None,
         "cpu_count": info["cpu_count"],
         "load_avg_1m": info["load_avg_1m"],
         "tiny": bool(args.tiny),
     }
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    """``value / baseline``, or ``None`` when either is unknown or the baseline is zero."""
+    return value / baseline if value is not None and baseline else None
 
 
 def explanations(figures: dict[str, Any]) -> list[str]:
@@ -636,6 +690,23 @@ def report(figures: dict[str, Any]) -> str:
         "",
         table(["target", "value", "goal", "verdict"], targets),
     ]
+    fixed = figures["fixed_concurrency"]
+    if fixed:
+        sides = [("adaptive (default)", large), ("fixed: adaptive_concurrency=False", fixed)]
+        out += [
+            "",
+            table(
+                ["large run", "state", "images/min", "of the limit", "requests", "429s", "429 share", "peak in flight",
+                 "wall s"],
+                [[name, run["state"], run["achieved_images_per_minute"],
+                  ratio(run["achieved_images_per_minute"], figures["images_per_minute"]), run["generation_requests"],
+                  run["answered_429"], run["rate_limited_share"], run["generation_in_flight_peak"], run["wall_s"]]
+                 for name, run in sides],
+                title="The same run, side by side: tasks adapting their concurrency to 429s, and keeping it fixed",
+            ),
+            f"Adaptive over fixed: 429 share x{format_value(figures['adaptation_429_ratio'])}, "
+            f"images/min x{format_value(figures['adaptation_rate_ratio'])}.",
+        ]
     why = explanations(figures)
     if why:
         out += ["", "Why a target was missed:", *[f"- {line}" for line in why]]

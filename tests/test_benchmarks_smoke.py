@@ -52,7 +52,8 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
         ["--tiny"],
         {"benchmark", "prompts", "small_prompts", "images_per_minute", "achieved_images_per_minute", "achieved_ratio",
          "rate_limited_share", "wall_s", "bound_s", "wall_ratio", "peak_rss_mb", "rss_growth", "max_rss_growth",
-         "largest_xcom_bytes", "pool_slots", "max_concurrency", "runs"},
+         "largest_xcom_bytes", "pool_slots", "max_concurrency", "runs", "fixed_concurrency", "adaptation_429_ratio",
+         "adaptation_rate_ratio"},
     ),
     "run_all": (["--tiny", "--only", "overhead"], {"benchmark", "preset", "machine", "results"}),
 }
@@ -98,4 +99,8 @@ def test_benchmark_ends_with_its_json_figures(name: str) -> None:
         # Every product made its image in both runs, and the task processes were found under the scheduler.
         assert {run["state"] for run in figures["runs"].values()} == {"success"}
         assert (figures["runs"]["small"]["images_made"], figures["runs"]["large"]["images_made"]) == (20, 40)
+        # The baseline beside it: the same large run, its tasks' limits fixed at max_concurrency.
+        fixed = figures["fixed_concurrency"]
+        assert fixed["state"] == "success" and fixed["images_made"] == 40
+        assert fixed["lowest_task_limit"] in (None, figures["max_concurrency"]), fixed["lowest_task_limit"]
         assert "generate_images" in figures["peak_rss_mb"]

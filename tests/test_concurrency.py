@@ -61,3 +61,21 @@ def test_a_batch_halves_its_limit_when_the_service_answers_rate_limited(seedream
     limit = op._runner.limit
     assert limit.rate_limited == 3, "each 429 from the service reaches the batch's in-flight limit"
     assert limit.limit <= 4 + 3 / 4, "the limit was halved, then grew back by at most one quarter an answer"
+
+
+def test_a_fixed_limit_counts_rate_limits_and_keeps_its_maximum():
+    limit = AdaptiveLimit(6, adaptive=False)
+    for _ in range(4):
+        limit.throttled()
+        limit._last_cut = float("-inf")
+    assert limit.limit == 6.0 and limit.rate_limited == 4
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_batch_without_adaptation_keeps_its_concurrency_through_rate_limits(seedream_emulator, bucket):
+    from tests.reliability.test_spend_safety import execute, operator
+
+    seedream_emulator.configure(script=["429"] * 3, retry_after=0)
+    op = operator(bucket, [f"a steady tile {n}" for n in range(3)], max_concurrency=8, adaptive_concurrency="false")
+    assert len(execute(op)) == 3
+    assert op._runner.limit.rate_limited == 3 and op._runner.limit.limit == 8.0

@@ -99,6 +99,10 @@ class SeedreamToS3Operator(BaseOperator):
     :param replace: generate again even when the same images are already stored.
     :param max_concurrency: generation requests in flight at once within the task; as many
         threads download and upload the images of answered prompts beside them.
+    :param adaptive_concurrency: halve the requests in flight when the service answers a rate
+        limit, and grow them back to ``max_concurrency`` as answers arrive (the default); with
+        ``False`` the task keeps ``max_concurrency`` in flight and leaves rate limits to the
+        hook's retries (an endpoint of your own, or a baseline to measure against).
     :param reference_transport: how local and ``s3://`` references are sent: ``data_uri`` or
         ``presigned_url`` (the service must then reach the S3 endpoint).
     :param prompt_index_offset: added to each prompt's position to form its index and key.
@@ -160,6 +164,7 @@ class SeedreamToS3Operator(BaseOperator):
         extra_parameters: dict[str, Any] | None = None,
         replace: bool = False,
         max_concurrency: int = 8,
+        adaptive_concurrency: bool = True,
         reference_transport: str = "data_uri",
         prompt_index_offset: int | None = None,
         max_billed_images: int | None = None,
@@ -192,6 +197,7 @@ class SeedreamToS3Operator(BaseOperator):
         self.extra_parameters = extra_parameters or {}
         self.replace = replace
         self.max_concurrency = max_concurrency
+        self.adaptive_concurrency = adaptive_concurrency
         self.reference_transport = reference_transport
         self.prompt_index_offset = prompt_index_offset
         self.max_billed_images = max_billed_images
@@ -279,6 +285,7 @@ class SeedreamToS3Operator(BaseOperator):
             transport=self.reference_transport,  # type: ignore[arg-type]
             replace=self.replace,
             max_concurrency=self.max_concurrency,
+            adaptive_concurrency=self.adaptive_concurrency,
             log=self.log,
             budget=budget,
             resolve_unknown=self.resolve_unknown or "fail",
@@ -375,6 +382,7 @@ class SeedreamToS3Operator(BaseOperator):
             raise SeedreamValidationError("s3_prefix", "must be a string")
         self.replace = as_flag("replace", self.replace)
         self.max_concurrency = as_int("max_concurrency", self.max_concurrency, 1)
+        self.adaptive_concurrency = as_flag("adaptive_concurrency", self.adaptive_concurrency)
         if self.prompt_index_offset is not None:
             self.prompt_index_offset = as_int("prompt_index_offset", self.prompt_index_offset, 0)
         if self.max_billed_images is not None:

@@ -189,6 +189,7 @@ def test_a_link_s_expiry_is_read_from_the_link():
         ({"prompt_index_offset": -3}, r"prompt_index_offset: must be a whole number of at least 0, got -3"),
         ({"prompt_index_offset": "ten"}, r"prompt_index_offset: must be a whole number"),
         ({"replace": "maybe"}, r"replace: must be true or false, got 'maybe'"),
+        ({"adaptive_concurrency": "sometimes"}, r"adaptive_concurrency: must be true or false, got 'sometimes'"),
         ({"hook_params": {"retry_unknown_outcome": "sometimes"}}, r"retry_unknown_outcome: must be true or false"),
         ({"hook_params": {"timeout": "soon"}}, r"timeout: must be a number above 0"),
         ({"hook_params": {"retries": 3}}, r"hook_params: unknown \['retries'\]"),
