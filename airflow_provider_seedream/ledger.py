@@ -58,6 +58,7 @@ LEASE_SECONDS = 60.0
 DEFAULT_LINK_SECONDS = 24 * 3600.0
 # A link is not used when less than this is left of its life.
 LINK_MARGIN_SECONDS = 300.0
+JSON = "application/json"
 _CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -83,6 +84,17 @@ TRANSITIONS: dict[str | None, frozenset[str]] = {
 }
 #: States in which nobody is working on the prompt.
 SETTLED = frozenset({STORED, UNKNOWN, REFUSED, RELEASED, LOST})
+
+
+def _json(value: Any) -> bytes:
+    """``value`` as the compact JSON the ledger writes: keys sorted, no spaces."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _failed(what: str, error: BaseException) -> StorageError:
+    """S3 refused ``what``: the error names the exception's type and S3's code, and keeps the code."""
+    code = client_error_code(error)
+    return StorageError(f"{what}: {type(error).__name__} ({code})", code)
 
 
 class IllegalTransition(SeedreamError, RuntimeError):
@@ -216,7 +228,7 @@ class Record:
         ]
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+        return _json(asdict(self))
 
     @classmethod
     def from_json(cls, body: bytes) -> Record:
@@ -275,7 +287,6 @@ class Ledger:
         self.kept_locally: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        self._heartbeat: threading.Thread | None = None
         self._stopped = threading.Event()
 
     # -- where things are ----------------------------------------------------------------------
@@ -357,13 +368,12 @@ class Ledger:
                 for stem in stems
                 if self._etags.get(stem) and stem in self._records and stem not in self.kept_locally
             }
-        body = json.dumps({"records": entries}, separators=(",", ":"), sort_keys=True).encode()
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self.index_key(), Body=body, ContentType="application/json")
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.index_key(), Body=_json({"records": entries}), ContentType=JSON
+            )
         except Exception as error:
-            raise StorageError(
-                f"the ledger index was not written: {type(error).__name__}", client_error_code(error)
-            ) from None
+            raise _failed("the ledger index was not written", error) from None
         return len(entries)
 
     def load(self, stem: str) -> Record | None:
@@ -375,9 +385,7 @@ class Ledger:
             body, etag = answer["Body"].read(), answer.get("ETag")
         except Exception as error:
             if client_error_code(error) not in _MISSING_CODES:
-                raise StorageError(
-                    f"the ledger record of {stem!r} could not be read: {type(error).__name__}", client_error_code(error)
-                ) from None
+                raise _failed(f"the ledger record of {stem!r} could not be read", error) from None
             body, etag = b"", None
         if local.is_file():  # S3 refused a later change: this machine's copy is the newer one
             body = local.read_bytes()
@@ -440,16 +448,14 @@ class Ledger:
                 Bucket=self.bucket,
                 Key=self.record_key(stem),
                 Body=record.to_json(),
-                ContentType="application/json",
+                ContentType=JSON,
                 **conditions,
             )
         except Exception as error:
             code = client_error_code(error)
             if code in _CONFLICT_CODES or (etag and code in _MISSING_CODES):
                 raise LedgerConflict(f"the ledger record of {stem!r} was changed by another process", code) from None
-            raise StorageError(
-                f"the ledger record of {stem!r} was not written: {type(error).__name__} ({code})", code
-            ) from None
+            raise _failed(f"the ledger record of {stem!r} was not written", error) from None
         with self._guard:
             self._etags[stem] = answer.get("ETag")
             self._records[stem] = record
@@ -479,8 +485,7 @@ class Ledger:
     def start_heartbeat(self) -> None:
         """Announce this owner, then keep its heartbeat fresh until :meth:`stop_heartbeat`."""
         self._beat()
-        self._heartbeat = threading.Thread(target=self._beat_forever, daemon=True, name="seedream-ledger-heartbeat")
-        self._heartbeat.start()
+        threading.Thread(target=self._beat_forever, daemon=True, name="seedream-ledger-heartbeat").start()
 
     def stop_heartbeat(self) -> None:
         """This owner is done: its claims are settled, so its heartbeat goes."""
@@ -491,8 +496,8 @@ class Ledger:
             log.warning("Could not remove the ledger heartbeat: %s", type(error).__name__)
 
     def _beat(self) -> None:
-        body = json.dumps({"owner": asdict(self.owner), "at": time.time()}).encode()
-        self.client.put_object(Bucket=self.bucket, Key=self._owner_key(self.owner.token), Body=body)
+        body = _json({"owner": asdict(self.owner), "at": time.time()})
+        self.client.put_object(Bucket=self.bucket, Key=self._owner_key(self.owner.token), Body=body, ContentType=JSON)
 
     def _beat_forever(self) -> None:
         while not self._stopped.wait(self.lease_seconds / 4):
@@ -555,9 +560,7 @@ class Budget:
         except Exception as error:
             if client_error_code(error) in _MISSING_CODES:
                 return {"billed": 0, "holds": {}}, None  # every state this class writes has both
-            raise StorageError(
-                f"the budget record could not be read: {type(error).__name__}", client_error_code(error)
-            ) from None
+            raise _failed("the budget record could not be read", error) from None
 
     @staticmethod
     def spent(state: dict[str, Any]) -> tuple[int, int]:
@@ -574,17 +577,14 @@ class Budget:
                     self.client.put_object(
                         Bucket=self.bucket,
                         Key=self.key,
-                        Body=json.dumps(state).encode(),
-                        ContentType="application/json",
+                        Body=_json(state),
+                        ContentType=JSON,
                         **conditions,
                     )
                     return state
                 except Exception as error:
-                    code = client_error_code(error)
-                    if code not in _CONFLICT_CODES:
-                        raise StorageError(
-                            f"the budget record was not written: {type(error).__name__} ({code})", code
-                        ) from None
+                    if client_error_code(error) not in _CONFLICT_CODES:
+                        raise _failed("the budget record was not written", error) from None
                     time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
             raise StorageError("the budget record kept changing under this task: nothing more is sent")
 

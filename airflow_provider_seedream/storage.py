@@ -113,6 +113,9 @@ class ImageStore:
     :param run_id: the DAG run writing the images, kept in their metadata.
     """
 
+    #: The wait between attempts of an upload S3 refused for a while.
+    upload_wait: tenacity.wait.wait_base = tenacity.wait_random_exponential(multiplier=0.5, max=10)
+
     def __init__(self, client: S3Client, bucket: str, prefix: str, run_id: str | None = None) -> None:
         self.client = client
         self.bucket = bucket
@@ -139,31 +142,6 @@ class ImageStore:
                 raise StorageError(message, "AccessDenied") from None
             message = f"s3_bucket: cannot reach bucket {self.bucket!r}: {type(error).__name__}: {code or error}"
             raise StorageError(message, code) from None
-
-    def head(self, key: str) -> StoredObject | None:
-        """Read one object's metadata; ``None`` when it is not one of ours."""
-        try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as error:
-            if client_error_code(error) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        metadata = response.get("Metadata", {})
-        if META_FINGERPRINT not in metadata or META_SHA256 not in metadata:
-            return None
-        return StoredObject(
-            bucket=self.bucket,
-            key=key,
-            prompt_index=int(metadata.get(META_PROMPT_INDEX, -1)),
-            image_index=int(metadata.get(META_IMAGE_INDEX, -1)),
-            model=metadata.get(META_MODEL, ""),
-            size=metadata.get(META_SIZE, ""),
-            content_type=response.get("ContentType", "application/octet-stream"),
-            bytes=int(response.get("ContentLength", 0)),
-            sha256=metadata[META_SHA256],
-            fingerprint=metadata[META_FINGERPRINT],
-            run_id=metadata.get(META_RUN_ID),
-        )
 
     def upload(self, fileobj: IO[bytes], stored: StoredObject, request_id: str | None) -> None:
         """Upload ``fileobj`` (rewound before each try) with the image's metadata; retried on S3 faults."""
@@ -194,7 +172,7 @@ class ImageStore:
 
         retrying: Callable[..., None] = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(UPLOAD_ATTEMPTS),
-            wait=tenacity.wait_random_exponential(multiplier=0.5, max=10),
+            wait=self.upload_wait,
             retry=tenacity.retry_if_exception(_upload_retryable),
             reraise=True,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from airflow_provider_seedream.ledger import (
     Record,
     link_expiry,
 )
+from tests.s3_faults import refuse
 
 
 def owner(run: str = "run-1", try_number: int = 1, map_index: int = -1, task: str = "generate") -> Owner:
@@ -251,3 +253,233 @@ def test_an_owner_is_read_back_whole():
 )
 def test_a_link_s_expiry_in_other_forms(query, expected):
     assert link_expiry(f"https://x/a?{query}", now=100.0) == expected
+
+
+# -- S3 refusing the ledger's calls: real clients, a fault injected into one operation ---------------
+
+
+def test_every_refused_call_names_what_failed_and_keeps_s3_s_code(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    ledger.write("sku", "claimed", fingerprint="f")
+    budget = Budget.for_task(ledger, 5)
+    refuse(s3_client, "GetObject", "AccessDenied")
+    refuse(s3_client, "PutObject", "SlowDown")
+    calls = [
+        (lambda: ledger.load("sku"), "the ledger record of 'sku' could not be read: ClientError (AccessDenied)"),
+        (lambda: ledger.write("sku", "answered"), "the ledger record of 'sku' was not written: ClientError (SlowDown)"),
+        (lambda: ledger.write_index(["sku"]), "the ledger index was not written: ClientError (SlowDown)"),
+        (budget.describe, "the budget record could not be read: ClientError (AccessDenied)"),
+    ]
+    for call, message in calls:
+        with pytest.raises(StorageError) as raised:
+            call()
+        assert str(raised.value) == message and raised.value.code == message.rsplit("(", 1)[1].rstrip(")")
+        assert not isinstance(raised.value, LedgerConflict)
+
+
+def test_a_budget_write_s3_refuses_is_an_error_not_a_conflict(s3_client, bucket):
+    budget = Budget.for_task(Ledger(s3_client, bucket, "p", owner()), 5)
+    refuse(s3_client, "PutObject", "AccessDenied")
+    with pytest.raises(StorageError) as raised:
+        budget.reserve("a", 1)
+    assert str(raised.value) == "the budget record was not written: ClientError (AccessDenied)"
+    assert raised.value.code == "AccessDenied"
+
+
+def test_a_budget_that_keeps_changing_gives_up_after_50_writes_backing_off(s3_client, bucket, monkeypatch):
+    import airflow_provider_seedream.ledger as ledger_module
+
+    slept: list[float] = []
+    monkeypatch.setattr(ledger_module.time, "sleep", slept.append)
+    budget = Budget.for_task(Ledger(s3_client, bucket, "p", owner()), 5)
+    refuse(s3_client, "PutObject", "PreconditionFailed")
+    with pytest.raises(StorageError, match="^the budget record kept changing under this task: nothing more is sent$"):
+        budget.reserve("a", 1)
+    assert len(slept) == 50
+    for attempt, seconds in enumerate(slept, start=1):
+        assert 0.01 * attempt <= seconds <= 0.05 * attempt, (attempt, seconds)
+
+
+def test_a_conflict_names_the_record_and_keeps_the_code(s3_client, bucket):
+    first, second = Ledger(s3_client, bucket, "p", owner()), Ledger(s3_client, bucket, "p", owner("run-2"))
+    first.write("sku", "claimed", fingerprint="f")
+    with pytest.raises(LedgerConflict) as raised:
+        second.write("sku", "claimed", fingerprint="f")
+    assert str(raised.value) == "the ledger record of 'sku' was changed by another process"
+    assert raised.value.code == "PreconditionFailed"
+
+
+def test_a_missing_bucket_under_a_held_etag_is_an_error_not_a_conflict(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    ledger.write("sku", "claimed", fingerprint="f")
+    refuse(s3_client, "PutObject", "NoSuchBucket")
+    with pytest.raises(StorageError) as raised:
+        ledger.write("sku", "answered")
+    assert not isinstance(raised.value, LedgerConflict) and raised.value.code == "NoSuchBucket"
+
+
+def ledger_warnings(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "airflow_provider_seedream.ledger"]
+
+
+def test_an_index_s3_cannot_give_is_read_around_with_a_warning(s3_client, bucket, caplog):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    with caplog.at_level("WARNING", logger="airflow_provider_seedream.ledger"):
+        assert ledger.read_index() == {}
+    assert ledger_warnings(caplog) == [], "no index yet is no news"
+    s3_client.put_object(Bucket=bucket, Key=ledger.index_key(), Body=b"not json")
+    with caplog.at_level("WARNING", logger="airflow_provider_seedream.ledger"):
+        assert ledger.read_index() == {}
+    assert ledger_warnings(caplog) == [
+        f"The ledger index {ledger.index_key()} could not be read (JSONDecodeError); records are read one by one"
+    ]
+
+
+def test_a_heartbeat_s3_will_not_renew_or_remove_is_logged(s3_client, bucket, caplog):
+    ledger = Ledger(s3_client, bucket, "p", owner(), lease_seconds=0.2)
+    ledger.start_heartbeat()
+    refuse(s3_client, "PutObject", "SlowDown")
+    refuse(s3_client, "DeleteObject", "SlowDown")
+    with caplog.at_level("WARNING", logger="airflow_provider_seedream.ledger"):
+        deadline = time.monotonic() + 30
+        while "Could not renew the ledger heartbeat: ClientError" not in ledger_warnings(caplog):
+            assert time.monotonic() < deadline, ledger_warnings(caplog)
+            time.sleep(0.05)
+        ledger.stop_heartbeat()
+    assert "Could not remove the ledger heartbeat: ClientError" in ledger_warnings(caplog)
+
+
+# -- where records, heartbeats and budgets live --------------------------------------------------
+
+
+def test_keys_under_an_empty_prefix_or_one_with_slashes(s3_client, bucket):
+    bare = Ledger(s3_client, bucket, "", owner())
+    assert bare.record_key("a") == "_ledger/a.json" and bare.index_key() == "_ledger/_index/dag/generate/-1.json"
+    assert bare.local_folder.name == "_root"
+    slashed = Ledger(s3_client, bucket, "/p/q/", owner())
+    assert slashed.record_key("a") == "p/q/_ledger/a.json"
+    bare.write("a", "claimed", fingerprint="f")
+    s3_client.put_object(Bucket=bucket, Key="a-00.jpg", Body=b"x")
+    etag = s3_client.head_object(Bucket=bucket, Key="_ledger/a.json")["ETag"]
+    assert bare.scan() == ({"a": etag}, {"a-00.jpg"})
+
+
+def test_the_scan_of_an_empty_prefix_and_of_keys_listed_before_the_ledger(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    assert ledger.scan() == ({}, set())
+    s3_client.put_object(Bucket=bucket, Key="p/A-00.jpg", Body=b"x")  # "A" lists before "_ledger"
+    ledger.write("sku", "claimed", fingerprint="f")
+    s3_client.put_object(Bucket=bucket, Key="p/z-00.jpg", Body=b"x")
+    stems, keys = ledger.scan()
+    assert set(stems) == {"sku"} and keys == {"p/A-00.jpg", "p/z-00.jpg"}
+
+
+def test_records_kept_on_this_machine_go_under_airflow_home_else_tmp(s3_client, bucket, monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    assert Ledger(s3_client, bucket, "p", owner()).local_folder == tmp_path / "seedream-ledger" / bucket / "p"
+    monkeypatch.delenv("AIRFLOW_HOME")
+    assert Ledger(s3_client, bucket, "p", owner()).local_folder == Path("/tmp/seedream-ledger", bucket, "p")
+
+
+def test_a_kept_record_is_the_change_itself_and_can_be_kept_again(s3_client, bucket, tmp_path):
+    ledger = Ledger(s3_client, bucket, "p", owner(), local_root=str(tmp_path))
+    ledger.write("a/long-stem-name", "claimed", fingerprint="f")
+    claimed_at = ledger.cached("a/long-stem-name").at
+    images = ({"index": 0, "url": "https://x/a", "expires_at": 9.0},)
+    ledger.keep_locally("a/long-stem-name", "answered", images=images)
+    kept = ledger.cached("a/long-stem-name")
+    assert kept.status == "answered" and kept.images == images and kept.at >= claimed_at and kept.at > 0
+    ledger.keep_locally("a/long-stem-name", "stored")  # its folder exists by now
+    assert Ledger(s3_client, bucket, "p", owner(), local_root=str(tmp_path)).scan()[0] == {"a/long-stem-name": None}
+
+
+def test_a_record_deleted_from_s3_is_forgotten_on_load(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    ledger.write("sku", "claimed", fingerprint="f")
+    s3_client.delete_object(Bucket=bucket, Key="p/_ledger/sku.json")
+    assert ledger.load("sku") is None and ledger.cached("sku") is None
+    ledger.write("sku", "claimed", fingerprint="f")  # created again: If-None-Match, no stale etag
+
+
+def test_an_object_that_is_not_a_record_is_refused_on_load(s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="p/_ledger/sku.json", Body=b"[1, 2]")
+    with pytest.raises(StorageError, match="^the ledger record of 'sku' is not a ledger record: "):
+        Ledger(s3_client, bucket, "p", owner()).load("sku")
+
+
+def test_the_ledger_writes_json_objects(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    ledger.write("sku", "claimed", fingerprint="f")
+    ledger.write_index(["sku"])
+    ledger.start_heartbeat()
+    ledger.stop_heartbeat()
+    ledger._beat()
+    Budget.for_task(ledger, 2).reserve("sku", 1)
+    for key in ("p/_ledger/sku.json", ledger.index_key(), f"p/_ledger/_owners/{ledger.owner.token}.json",
+                "p/_ledger/_budget/dag/generate/run-1.json"):
+        assert s3_client.head_object(Bucket=bucket, Key=key)["ContentType"] == "application/json", key
+    beat = json.loads(s3_client.get_object(Bucket=bucket, Key=f"p/_ledger/_owners/{ledger.owner.token}.json")["Body"].read())
+    assert Owner.from_dict(beat["owner"]) == ledger.owner
+
+
+def test_a_budget_s_key_quotes_each_part_of_the_run(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner("manual__2026/12/07 10:00+00:00"))
+    budget = Budget.for_task(ledger, 2)
+    assert budget.key == "p/_ledger/_budget/dag/generate/manual__2026%2F12%2F07%2010%3A00%2B00%3A00.json"
+
+
+# -- the record's own fields -----------------------------------------------------------------------
+
+
+def test_each_write_stamps_its_time_and_keeps_twenty_steps_of_history(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    claimed = ledger.write("sku", "claimed")
+    assert claimed.fingerprint == "" and claimed.at > 0
+    between = time.time()
+    answered = ledger.write("sku", "answered")
+    assert answered.at >= between >= claimed.at
+    ledger.write("sku", "stored")
+    again = ledger.write("sku", "claimed", fingerprint="g")
+    assert again.at >= answered.at and again.history == (
+        "None->claimed", "claimed->answered", "answered->stored", "stored->claimed"
+    ), "a new claim keeps the record's history"
+    for _ in range(12):
+        ledger.write("sku", "stored")
+        ledger.write("sku", "claimed")
+    assert len(ledger.cached("sku").history) == 20 and ledger.cached("sku").history[-1] == "stored->claimed"
+    for _ in range(12):
+        ledger.write("sku", "unknown", reason="r")
+    assert len(ledger.cached("sku").history) == 20
+
+
+def test_a_refused_change_says_which_and_why(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    with pytest.raises(IllegalTransition, match="^ledger record 'x': None -> stored is not allowed$"):
+        ledger.write("x", "stored")
+
+
+def test_a_record_s_lock_is_its_own(s3_client, bucket):
+    ledger = Ledger(s3_client, bucket, "p", owner())
+    assert ledger.lock("a") is ledger.lock("a") and ledger.lock("a") is not ledger.lock("b")
+
+
+def test_the_heartbeat_runs_on_a_daemon_thread_of_its_own(s3_client, bucket):
+    import threading
+
+    ledger = Ledger(s3_client, bucket, "p", owner(), lease_seconds=60)
+    ledger.start_heartbeat()
+    try:
+        [thread] = [thread for thread in threading.enumerate() if thread.name == "seedream-ledger-heartbeat"]
+        assert thread.daemon, "a heartbeat never keeps a task process alive"
+    finally:
+        ledger.stop_heartbeat()
+
+
+def test_a_heartbeat_without_a_time_is_not_alive(s3_client, bucket):
+    ledger, other = Ledger(s3_client, bucket, "p", owner()), owner("run-2")
+    s3_client.put_object(Bucket=bucket, Key=f"p/_ledger/_owners/{other.token}.json", Body=b'{"owner": {}}')
+    assert not ledger.alive(other)
+
+
+def test_map_index_zero_is_named():
+    assert " map index 0 " in owner(map_index=0).describe()

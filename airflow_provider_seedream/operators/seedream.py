@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk import Context
 
-    from airflow_provider_seedream.batch import BatchReport, BatchRunner
+    from airflow_provider_seedream.batch import BatchRunner
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
+    from airflow_provider_seedream.outcomes import BatchReport
 
 # The hook's arguments ``hook_params`` may set.
 HOOK_PARAMS = frozenset(
@@ -237,8 +238,9 @@ class SeedreamToS3Operator(BaseOperator):
         return S3Hook(aws_conn_id=self.aws_conn_id, config=config.merge(pool))
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from airflow_provider_seedream.batch import BatchError, BatchInterrupted, BatchRunner
+        from airflow_provider_seedream.batch import BatchRunner
         from airflow_provider_seedream.ledger import Budget, Ledger
+        from airflow_provider_seedream.outcomes import BatchError, BatchInterrupted
         from airflow_provider_seedream.planning import GENERATION_FIELDS, RequestPlanner, prompt_items, unkeyed_folder
         from airflow_provider_seedream.references import check_references
         from airflow_provider_seedream.storage import ImageStore, StorageError

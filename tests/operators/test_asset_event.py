@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_seedream.batch import BatchReport, Failure
+from airflow_provider_seedream.outcomes import BatchReport, Failure
 from airflow_provider_seedream.operators.seedream import ASSET_EXTRA_LIMIT, SeedreamToS3Operator
 
 

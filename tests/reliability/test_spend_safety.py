@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_seedream.version_compat import AirflowFailException
-from airflow_provider_seedream.batch import BatchError
+from airflow_provider_seedream.outcomes import BatchError
 from airflow_provider_seedream.ledger import record_stem
 from airflow_provider_seedream.operators.seedream import SeedreamToS3Operator
 from tests.conftest import API_KEY, FIGURES
