@@ -84,9 +84,10 @@ def _ascii(value: str) -> str:
 def client_error_code(error: BaseException) -> str | None:
     """S3's error code of a botocore error (or its HTTP status), else ``None``."""
     response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-    return None
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(code) if code else None
 
 
 def _upload_retryable(error: BaseException) -> bool:

@@ -66,14 +66,18 @@ def main() -> int:
         names = survivors.get(module, [])
         missing = [name for name in names if name not in reasons]
         unexplained += len(missing)
-        rate = counts["killed"] / checked
+        # A mutant that makes its tests hang past mutmut's timeout was caught as surely as a failing one.
+        killed = counts["killed"] + counts["timeout"]
+        rate = killed / checked
         summary = (
-            f"{module}: {counts['killed']} of {checked} mutants killed ({rate:.0%}); {len(names)} survived, "
+            f"{module}: {killed} of {checked} mutants killed ({rate:.0%}); {len(names)} survived, "
             f"{len(names) - len(missing)} of them explained"
         )
         if counts["not checked"]:
             summary += f"; {counts['not checked']} outside make mutants"
-        others = sorted(set(counts) - {"killed", "survived", "not checked"})
+        if counts["timeout"]:
+            summary += f"; {counts['timeout']} of the killed by a timeout"
+        others = sorted(set(counts) - {"killed", "timeout", "survived", "not checked"})
         if others:
             summary += "; " + ", ".join(f"{counts[status]} {status}" for status in others)
         print(summary)

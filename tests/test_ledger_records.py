@@ -341,7 +341,7 @@ def test_a_heartbeat_s3_will_not_renew_or_remove_is_logged(s3_client, bucket, ca
     refuse(s3_client, "PutObject", "SlowDown")
     refuse(s3_client, "DeleteObject", "SlowDown")
     with caplog.at_level("WARNING", logger="airflow_provider_seedream.ledger"):
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 10  # it renews every 0.05 s
         while "Could not renew the ledger heartbeat: ClientError" not in ledger_warnings(caplog):
             assert time.monotonic() < deadline, ledger_warnings(caplog)
             time.sleep(0.05)
@@ -356,8 +356,8 @@ def test_keys_under_an_empty_prefix_or_one_with_slashes(s3_client, bucket):
     bare = Ledger(s3_client, bucket, "", owner())
     assert bare.record_key("a") == "_ledger/a.json" and bare.index_key() == "_ledger/_index/dag/generate/-1.json"
     assert bare.local_folder.name == "_root"
-    slashed = Ledger(s3_client, bucket, "/p/q/", owner())
-    assert slashed.record_key("a") == "p/q/_ledger/a.json"
+    slashed = Ledger(s3_client, bucket, "/Xp/q/", owner())
+    assert slashed.record_key("a") == "Xp/q/_ledger/a.json", "only slashes are stripped"
     bare.write("a", "claimed", fingerprint="f")
     s3_client.put_object(Bucket=bucket, Key="a-00.jpg", Body=b"x")
     etag = s3_client.head_object(Bucket=bucket, Key="_ledger/a.json")["ETag"]
@@ -385,10 +385,11 @@ def test_a_kept_record_is_the_change_itself_and_can_be_kept_again(s3_client, buc
     ledger = Ledger(s3_client, bucket, "p", owner(), local_root=str(tmp_path))
     ledger.write("a/long-stem-name", "claimed", fingerprint="f")
     claimed_at = ledger.cached("a/long-stem-name").at
+    between = time.time()
     images = ({"index": 0, "url": "https://x/a", "expires_at": 9.0},)
     ledger.keep_locally("a/long-stem-name", "answered", images=images)
     kept = ledger.cached("a/long-stem-name")
-    assert kept.status == "answered" and kept.images == images and kept.at >= claimed_at and kept.at > 0
+    assert kept.status == "answered" and kept.images == images and kept.at >= between >= claimed_at
     ledger.keep_locally("a/long-stem-name", "stored")  # its folder exists by now
     assert Ledger(s3_client, bucket, "p", owner(), local_root=str(tmp_path)).scan()[0] == {"a/long-stem-name": None}
 
@@ -483,3 +484,17 @@ def test_a_heartbeat_without_a_time_is_not_alive(s3_client, bucket):
 
 def test_map_index_zero_is_named():
     assert " map index 0 " in owner(map_index=0).describe()
+
+
+def test_a_record_adopted_from_the_index_is_the_cached_one_and_its_etag_the_condition(s3_client, bucket):
+    writer = Ledger(s3_client, bucket, "p", owner())
+    record = writer.write("sku", "claimed", fingerprint="f")
+    etag = s3_client.head_object(Bucket=bucket, Key="p/_ledger/sku.json")["ETag"]
+    reader = Ledger(s3_client, bucket, "p", owner(try_number=2))
+    reader.adopt("sku", etag, record)
+    assert reader.cached("sku") == record
+    reader.write("sku", "released", reason="r")  # If-Match on the adopted etag: taken
+    stale = Ledger(s3_client, bucket, "p", owner(try_number=3))
+    stale.adopt("sku", etag, record)
+    with pytest.raises(LedgerConflict):
+        stale.write("sku", "released", reason="r")

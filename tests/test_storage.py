@@ -41,6 +41,7 @@ def stored_object(store: ImageStore, stem: str = "sku", **fields) -> StoredObjec
         ("a//b", "must be relative to s3_prefix: no leading '/', no '..' and no empty folder"),
         ("_ledger/x", "must not start with _ledger/, where the spend ledger is kept"),
         ("_ledger", "must not start with _ledger/, where the spend ledger is kept"),
+        ("_ledger/a/b", "must not start with _ledger/, where the spend ledger is kept"),
         ("_ledgers/x", "may hold only letters, digits, '/' between folders and !_.*'()=+,@- (starting with a letter or digit)"),
         ("a b", "may hold only letters, digits, '/' between folders and !_.*'()=+,@- (starting with a letter or digit)"),
         ("-a", "may hold only letters, digits, '/' between folders and !_.*'()=+,@- (starting with a letter or digit)"),
@@ -67,6 +68,8 @@ def test_the_extension_follows_what_the_model_answers(output_format, model, exte
 def test_keys_under_a_prefix_and_under_none(s3_client, bucket):
     assert ImageStore(s3_client, bucket, "/a/b/").key_for("sku", 3, "png") == "a/b/sku-03.png"
     assert ImageStore(s3_client, bucket, "").key_for("sku", 12, "jpg") == "sku-12.jpg"
+    assert ImageStore(s3_client, bucket, "/Xp/").key_for("sku", 0, "jpg") == "Xp/sku-00.jpg", "only slashes are stripped"
+    assert ImageStore(s3_client, bucket, "p", run_id="run-1").run_id == "run-1"
 
 
 def test_an_error_s_code_is_s3_s_code_else_its_http_status():
@@ -74,6 +77,7 @@ def test_an_error_s_code_is_s3_s_code_else_its_http_status():
     assert client_error_code(coded) == "SlowDown"
     assert client_error_code(ClientError({"ResponseMetadata": {"HTTPStatusCode": 404}}, "HeadObject")) == "404"
     assert client_error_code(ValueError("x")) is None
+    assert client_error_code(ClientError({}, "HeadObject")) is None, "an answer with neither says nothing"
 
 
 def test_an_image_is_uploaded_with_what_its_metadata_says(s3_client, bucket):
@@ -176,6 +180,15 @@ def test_a_bucket_that_cannot_be_written_is_named_with_why(s3_client, bucket):
         ImageStore(s3_client, bucket, "p").check_bucket()
     assert str(denied.value) == f"s3_bucket: access to bucket {bucket!r} is denied for these credentials"
     assert denied.value.code == "AccessDenied"
+
+
+@pytest.mark.parametrize(("code", "named"), [("NoSuchBucket", "NoSuchBucket"), ("AccessDenied", "AccessDenied")])
+def test_a_bucket_refused_by_s3_s_own_code_is_named_alike(s3_client, bucket, code, named):
+    refuse(s3_client, "HeadBucket", code, status=404 if code == "NoSuchBucket" else 403)
+    with pytest.raises(StorageError) as raised:
+        ImageStore(s3_client, bucket, "p").check_bucket()
+    assert raised.value.code == named and str(raised.value).startswith(f"s3_bucket: ")
+    assert ("does not exist" if code == "NoSuchBucket" else "is denied") in str(raised.value)
 
 
 def test_a_bucket_s3_cannot_answer_for_says_what_happened(s3_client, bucket):
