@@ -768,8 +768,8 @@ def _server_sent_events(response: requests.Response) -> Iterator[tuple[str | Non
     """Yield ``(event name, data)`` of each server-sent event as it arrives."""
     name: str | None = None
     data: list[str] = []
-    for raw in response.iter_lines(decode_unicode=True):
-        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    for raw in response.iter_lines():  # bytes: a line ends at a newline, which no UTF-8 character holds
+        line = raw.decode("utf-8")
         if not line:
             if data:
                 yield name, "\n".join(data)
