@@ -39,8 +39,6 @@ TASK_RETRIES = int(os.environ.get("SEEDREAM_TASK_RETRIES", "2"))
 POOL = os.environ.get("SEEDREAM_POOL", "seedream_api")
 # Requests in flight per mapped task instance; the pool's slots times this bounds the total.
 MAX_CONCURRENCY = int(os.environ.get("SEEDREAM_MAX_CONCURRENCY", "4"))
-# "false" keeps MAX_CONCURRENCY in flight through rate limits instead of backing off.
-ADAPTIVE_CONCURRENCY = os.environ.get("SEEDREAM_ADAPTIVE_CONCURRENCY", "true")
 
 with DAG(
     dag_id="seedream_catalog_batch",
@@ -102,7 +100,7 @@ with DAG(
         seedream_conn_id=SEEDREAM_CONN_ID,
         aws_conn_id=AWS_CONN_ID,
         max_concurrency=MAX_CONCURRENCY,
-        adaptive_concurrency=ADAPTIVE_CONCURRENCY,
+        adaptive_concurrency=os.environ.get("SEEDREAM_ADAPTIVE_CONCURRENCY", "true"),
         pool=POOL,
         retries=TASK_RETRIES,
         retry_delay=datetime.timedelta(minutes=1),
