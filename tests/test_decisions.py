@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from airflow_provider_seedream.decisions import Action, Decider
+from airflow_provider_seedream.decisions import Action, Decider, Decision
 from airflow_provider_seedream.ledger import Ledger, Owner
 from airflow_provider_seedream.planning import PromptJob
 from airflow_provider_seedream.storage import ImageStore
@@ -80,16 +80,16 @@ def test_a_key_another_task_made_from_another_prompt_is_refused_unless_replaced(
         f"key 'sku' (s3://{bucket}/p/sku-00.jpg) belongs to task dag.banner (run 'run-1'), which made it from a "
         "different prompt or parameters; give this prompt another key, or set replace=True to take the key over"
     )
-    assert decider(made["me"], replace=True).decide(job(), theirs).action is Action.GENERATE
+    assert decider(made["me"], replace=True).decide(job(), theirs) == Decision(Action.GENERATE, theirs)
 
 
 def test_a_changed_prompt_of_the_same_task_or_of_no_owner_is_generated(ledgers, caplog):
     make, made = ledgers
     mine = record_of(make("earlier", owner()), ("claimed", {"fingerprint": OTHER_FP}), ("refused", {"reason": "r"}))
     with caplog.at_level(logging.INFO, logger=LOG):
-        assert decider(made["me"]).decide(job(), mine).action is Action.GENERATE
+        assert decider(made["me"]).decide(job(), mine) == Decision(Action.GENERATE, mine)
         orphan = replace(mine, owner={})
-        assert decider(made["me"]).decide(job(), orphan).action is Action.GENERATE
+        assert decider(made["me"]).decide(job(), orphan) == Decision(Action.GENERATE, orphan)
     assert messages(caplog) == [], "nothing to say about a refused request of another prompt"
 
 
@@ -110,8 +110,8 @@ def test_a_claim_whose_owner_is_alive_is_waited_for(ledgers, steps):
     make, made = ledgers
     live = make("live", owner("run-1"))
     live.start_heartbeat()
-    decision = decider(made["me"]).decide(job(), record_of(live, *steps))
-    assert decision.action is Action.WAIT and decision.message == f"claimed by {live.owner.describe()}"
+    record = record_of(live, *steps)
+    assert decider(made["me"]).decide(job(), record) == Decision(Action.WAIT, record, f"claimed by {live.owner.describe()}")
 
 
 def test_a_claim_whose_owner_ended_is_recorded_unknown_then_decided(ledgers, s3_client, bucket):
@@ -198,7 +198,7 @@ def test_a_stored_prompt_is_reused_unless_replaced_in_another_run(ledgers):
     make, made = ledgers
     stored = record_of(make("earlier", owner("run-1")), ("claimed", {"fingerprint": FP}), ("stored", {"images": (STORED,)}))
     assert decider(made["me"]).decide(job(), stored).action is Action.REUSE
-    assert decider(made["me"], replace=True).decide(job(), stored).action is Action.GENERATE
+    assert decider(made["me"], replace=True).decide(job(), stored) == Decision(Action.GENERATE, stored)
     this_run = replace(stored, owner=asdict(owner("run-2", try_number=1)))
     assert decider(made["me"], replace=True).decide(job(), this_run).action is Action.REUSE, "replaced once per run"
     orphan = replace(stored, owner={})
@@ -211,7 +211,7 @@ def test_a_stored_image_deleted_from_s3_is_generated_again(ledgers, caplog):
     with caplog.at_level(logging.INFO, logger=LOG):
         assert decider(made["me"]).decide(job(), stored, {"p/sku-00.jpg"}).action is Action.REUSE
         assert messages(caplog) == []
-        assert decider(made["me"]).decide(job(), stored, {"p/other-00.jpg"}).action is Action.GENERATE
+        assert decider(made["me"]).decide(job(), stored, {"p/other-00.jpg"}) == Decision(Action.GENERATE, stored)
     assert messages(caplog) == ["Prompt 7: an image of key 'sku' was deleted from S3: it is generated again"]
 
 
@@ -248,3 +248,33 @@ def test_a_settled_prompt_with_nothing_stored_is_generated(ledgers, caplog, stat
         decision = decider(made["me"]).decide(job(), record)
     assert decision.action is Action.GENERATE and decision.record == record
     assert messages(caplog) == said
+
+
+def test_a_dead_claim_naming_no_owner_says_so(ledgers):
+    make, made = ledgers
+    me = made["me"]
+    orphan = replace(record_of(make("gone", owner("run-1")), ("claimed", {"fingerprint": FP})), owner={})
+    me.load("sku")
+    decision = decider(me).decide(job(), orphan)
+    assert decision.record.reason == "left claimed by an unknown owner, which ended before settling it"
+
+
+def test_a_dead_claim_s_reason_is_kept_within_300_characters(ledgers):
+    make, made = ledgers
+    me = made["me"]
+    claim = record_of(make("long", owner("r" * 400)), ("claimed", {"fingerprint": FP}))
+    me.load("sku")
+    decision = decider(me).decide(job(), claim)
+    assert len(decision.record.reason) == 300 and decision.record.reason.startswith("left claimed by dag.generate in run 'rrr")
+
+
+@pytest.mark.parametrize(("images", "count"), [((), 0), (({"index": 0, "url": "https://x/a"},), 1)])
+def test_an_answer_with_no_link_time_is_taken_as_expired_at_the_epoch(ledgers, images, count):
+    make, made = ledgers
+    answer = record_of(make("dead", owner("run-1")), ("claimed", {"fingerprint": FP}), ("answered", {"images": images}))
+    me = made["me"]
+    me.load("sku")
+    decision = decider(me).decide(job(), answer)
+    assert decision.record.reason == (
+        f"{count} image(s) paid for were never stored and their links expired at 1970-01-01 00:00:00 UTC"
+    )

@@ -143,3 +143,20 @@ def test_the_batch_errors_carry_the_report_and_say_its_summary():
     report.add_failure(Failure.refused(0, "Bad", "no"))
     for error in (BatchError(report), BatchInterrupted(report)):
         assert error.report is report and str(error) == report.summary()
+
+
+def test_the_summary_s_lists_stop_at_fifty_exactly():
+    def summary(lost: int, not_sent: int, failed: int) -> list[str]:
+        report = BatchReport(total_prompts=lost + not_sent + failed)
+        for index in range(lost):
+            report.add_accepted_lost(index)
+        for index in range(not_sent):
+            report.add_failure(Failure.not_sent(index, "r"))
+        for index in range(failed):
+            report.add_failure(Failure.refused(index, "Bad", "no"))
+        return report.summary().split("\n")
+
+    assert summary(51, 0, 0)[1] == f"Unknown outcomes accepted as lost (resolve_unknown='accept'): prompts {list(range(50))}"
+    assert summary(0, 50, 0)[1] == "Prompts not sent: " + ", ".join(map(str, range(50)))
+    assert summary(0, 51, 0)[1].endswith(", 49 ...")
+    assert len(summary(0, 0, 50)) == 51 and summary(0, 0, 51)[-1] == "  ... and 1 more"

@@ -269,7 +269,9 @@ def test_a_cut_answer_keeps_the_images_that_arrived(raw_hook):
     hook, server = raw_hook(http_answer("200 OK", cut, declared=len(body), x_request_id="req-8"))
     with pytest.raises(SeedreamUnknownOutcomeError) as raised:
         hook.generate_images("a kite", size="2K")
-    assert str(raised.value).startswith("outcome unknown, the request may have been billed: the answer broke off after 2 image(s) (")
+    assert str(raised.value) == (
+        "outcome unknown, the request may have been billed: the answer broke off after 2 image(s) (ProtocolError)"
+    )
     received = raised.value.received
     assert [image.url for image in received.images] == [ITEM["url"]] * 2
     assert (received.model, received.request_id, received.usage) == ("doubao-seedream-5-0-260128", "req-8", {})
@@ -278,11 +280,14 @@ def test_a_cut_answer_keeps_the_images_that_arrived(raw_hook):
 
 def test_a_rate_limit_retried_is_reported_to_the_batch(raw_hook):
     hook, server = raw_hook(http_answer("429 Too Many Requests", b'{"error": {"code": "RateLimitExceeded", "message": "m"}}'))
-    seen = []
+    seen, said = [], []
     hook.on_rate_limited = seen.append
+    hook.log.warning = lambda message, *args: said.append(message % args)  # type: ignore[method-assign]
     with pytest.raises(SeedreamAPIError):
         hook.generate_images("a kite", size="2K")
     assert server.requests == 3 and [error.status for error in seen] == [429, 429], "each retried 429, once"
+    assert [line.split("; ")[0] for line in said] == ["Seedream generation failed (HTTP 429 RateLimitExceeded: m)"] * 2
+    assert said[1].endswith("; retry 2 of 2 in " + said[1].rsplit(" in ", 1)[1]) and said[1].endswith(" s")
     other, _ = raw_hook(http_answer("500 Internal Server Error", b'{"error": {"code": "InternalServiceError", "message": "m"}}'))
     other.on_rate_limited = seen.append
     with pytest.raises(SeedreamAPIError):
