@@ -44,7 +44,8 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
          "s3_ms_per_image", "emulator_ms_per_image", "cases"},
     ),
     "streaming": (
-        ["--images", "4", "--latency", "0.5", "--repeat", "1"],
+        # Latency long enough to outweigh the task's start on a loaded machine (about 2 s there).
+        ["--images", "6", "--latency", "1.0", "--repeat", "1"],
         {"benchmark", "images", "latency_s", "first_image_s", "total_s", "first_image_sooner", "total_ratio", "ways"},
     ),
     # A real Airflow deployment (api-server, scheduler, dag-processor) running the catalog DAG twice.
@@ -89,7 +90,8 @@ def test_benchmark_ends_with_its_json_figures(name: str) -> None:
         assert "parse_cost_baseline.py" in figures["dags"]
     if name == "streaming":
         assert set(figures["ways"]) == {"streamed", "at_once"}
-        # The headline at a loose floor: 4 images at 0.5 s, the first one stored about 4x sooner.
+        # The headline at a loose floor: 6 images at 1 s, the first one stored about 6x sooner when
+        # quiet, 2.5-3x beside two other test runs.
         assert figures["first_image_sooner"] >= 2, figures["first_image_s"]
     if name == "throughput":
         # The headline at a loose floor: 24 prompts at 1 s, 12 at a time, against one after another
