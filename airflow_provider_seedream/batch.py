@@ -42,12 +42,13 @@ from dataclasses import replace as changed
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_seedream import ledger as states
-from airflow_provider_seedream.concurrency import AdaptiveLimit
+from airflow_provider_seedream.concurrency import SendPacer
 from airflow_provider_seedream.decisions import Action, Decider, Decision
 from airflow_provider_seedream.exceptions import (
     NON_RETRYABLE_429_CODES,
     SeedreamAPIError,
     SeedreamError,
+    SeedreamSendCancelled,
     SeedreamUnknownOutcomeError,
     StorageError,
 )
@@ -57,6 +58,7 @@ from airflow_provider_seedream.planning import PromptJob
 from airflow_provider_seedream.references import Reference, Transport, resolve
 from airflow_provider_seedream.results import GeneratedImage, GenerationResult
 from airflow_provider_seedream.storage import StoredObject, client_error_code
+from airflow_provider_seedream.validation import requested_image_count
 
 if TYPE_CHECKING:
     from airflow_provider_seedream.hooks.seedream import SeedreamHook
@@ -137,8 +139,9 @@ class BatchRunner:
     :param transport: how local and ``s3://`` references are sent.
     :param replace: generate again even when the same images are stored (once per DAG run).
     :param max_concurrency: generation requests in flight at once.
-    :param adaptive_concurrency: lower the requests in flight on rate limits (:class:`AdaptiveLimit`);
-        ``False`` keeps ``max_concurrency`` in flight.
+    :param adaptive_concurrency: pace sends to the account's rate learned from its rate limits, with
+        the requests in flight that rate needs (:class:`SendPacer`); ``False`` keeps
+        ``max_concurrency`` in flight and sends at once.
     :param log: where progress goes.
     :param budget: ``max_billed_images`` of the task in this DAG run, shared through S3.
     :param resolve_unknown: what an unknown outcome of an earlier try becomes (:data:`RESOLUTIONS`).
@@ -185,7 +188,7 @@ class BatchRunner:
         self._open = 0
         self._jobs: dict[int, PromptJob] = {}
         self._progress: dict[int, _Progress] = {}
-        self.limit = AdaptiveLimit(max_concurrency, adaptive=adaptive_concurrency)
+        self.pacer = SendPacer(max_concurrency, adaptive=adaptive_concurrency)
         self.decider = Decider(
             ledger,
             store,
@@ -219,7 +222,10 @@ class BatchRunner:
         self._jobs = {job.index: job for job in jobs}
         self._states = {job.index: State.QUEUED for job in jobs}
         self._progress = {job.index: _Progress() for job in jobs}
-        self.hook.on_rate_limited = lambda error: self.limit.throttled()
+        stopped = lambda: self._stop_reason is not None  # noqa: E731
+        # Every attempt of a generation request, retries included, waits for its turn at the pace.
+        self.hook.before_send = lambda body: self.pacer.wait_turn(requested_image_count(body), stopped)
+        self.hook.on_rate_limited = lambda error, body: self.pacer.refused(error.code, requested_image_count(body))
         try:
             self.ledger.start_heartbeat()
         except Exception as error:  # nothing can be claimed, so nothing is sent
@@ -496,7 +502,7 @@ class BatchRunner:
             states_now = Counter(state.value for state in self._states.values())
         self.log.info(
             "Progress: %d/%d prompts done; %d images generated, %d reused, %d failures, %d outcome unknown; "
-            "%d sending (limit %.1f of %d, %d rate-limited answers), %d answered and storing; "
+            "%d sending (window %d of %d, paced at %s images/min, %d rate-limited answers), %d answered and storing; "
             "billed images %d, output tokens %d",
             report.prompts_done,
             report.total_prompts,
@@ -505,9 +511,10 @@ class BatchRunner:
             len(report.failures),
             report.unknown_outcomes,
             states_now[State.SENDING.value],
-            self.limit.limit,
-            self.limit.maximum,
-            self.limit.rate_limited,
+            self.pacer.window,
+            self.pacer.maximum,
+            "-" if (pace := self.pacer.images_per_minute) is None else f"{pace:.0f}",
+            self.pacer.rate_limited,
             states_now[State.ANSWERED.value],
             report.billed_images,
             report.output_tokens,
@@ -531,7 +538,7 @@ class BatchRunner:
         self, job: PromptJob, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport, wait_until: float
     ) -> bool:
         """Send one job, once the ledger lets it be sent; ``False`` to be called again after waiting."""
-        if not self.limit.acquire(lambda: self._stop_reason is not None):
+        if not self.pacer.acquire(lambda: self._stop_reason is not None):
             self._not_sent(job, report, self._stop_reason or "stopped")
             return True
         sent = False
@@ -542,7 +549,7 @@ class BatchRunner:
                 return True
             decision = self._claim(job)
             if decision.action is Action.WAIT:
-                self.limit.release()
+                self.pacer.release()
                 sent = True  # the slot is freed here
                 return self._wait_for_owner(job, decision, report, wait_until)
             if decision.action is Action.NOT_SENT:
@@ -568,7 +575,7 @@ class BatchRunner:
             return True
         finally:
             if not sent:
-                self.limit.release()
+                self.pacer.release()
 
     def _claim(self, job: PromptJob) -> Decision:
         """Claim the prompt with a conditional write, or say why it is not to be sent."""
@@ -630,17 +637,16 @@ class BatchRunner:
         return False
 
     def _send(self, job: PromptJob, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport) -> None:
-        started = time.monotonic()
         answered = False
         try:
             if job.body.get("stream"):
                 self._generate_streamed(job, transfers, report)
                 answered = True
-                self.limit.release(time.monotonic() - started)
+                self.pacer.release(answered=True)
             else:
                 result = self._generate(job)
                 answered = True
-                self.limit.release(time.monotonic() - started)
+                self.pacer.release(answered=True)
                 self._answered(job, result, transfers, report)
         except SeedreamUnknownOutcomeError as error:
             self._settle(job, billed=None)
@@ -649,6 +655,8 @@ class BatchRunner:
             # A stream may fail after delivering images: those were made, and are billed.
             self._count_usage(job, {}, len(self._progress[job.index].received), report)
             self._refused(job, error, transfers, report)
+        except SeedreamSendCancelled:  # the batch stopped while the request waited for its turn
+            self._cancelled(job, report)
         except Exception as error:  # a refused connection after every retry, an unreadable reference...
             self._settle(job, billed=0)
             self._write_record(job, states.REFUSED, reason=f"{type(error).__name__}: {error}"[:300])
@@ -656,7 +664,16 @@ class BatchRunner:
             self._release(job, report, complete=False)
         finally:
             if not answered:
-                self.limit.release()
+                self.pacer.release()
+
+    def _cancelled(self, job: PromptJob, report: BatchReport) -> None:
+        reason = self._stop_reason or "stopped"
+        with self.ledger.lock(job.stem):
+            if self._states[job.index] is not State.SENDING:
+                return  # abandoned meanwhile, and recorded
+            self._write_record(job, states.RELEASED, reason=f"not sent: {reason}"[:300])
+            self._not_sent(job, report, reason)
+        self._settle(job, billed=0)
 
     def _settle(self, job: PromptJob, *, billed: int | None) -> None:
         """Replace the job's hold on the budget by what it cost (``None``: unknown, so count it all); once."""

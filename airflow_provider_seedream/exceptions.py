@@ -87,6 +87,13 @@ class SeedreamUnknownOutcomeError(SeedreamError):
         super().__init__(f"outcome unknown, the request may have been billed: {message}")
 
 
+class SeedreamSendCancelled(SeedreamError):
+    """A generation request was not sent: the caller cancelled it while it waited for its turn.
+
+    Nothing was paid for it; it is never retried.
+    """
+
+
 class SeedreamDownloadError(SeedreamError):
     """An image that was generated could not be downloaded or decoded.
 

@@ -24,7 +24,7 @@ task process can be compared between the two sizes. While a run goes on, this pr
 ``/proc`` every 0.2 s for the task processes under the scheduler (titled
 ``airflow worker -- <task instance id>``): their peak RSS (``VmHWM``) and CPU. Afterwards it
 reads through the REST API every XCom the run wrote, the task instances and the progress lines
-of each task's log (``limit X of Y, N rate-limited answers``), and from the emulator its counters
+of each task's log (``window X of Y, paced at P images/min, N rate-limited answers``), and from the emulator its counters
 and when each image was made.
 
 Figures (from the larger run): images per minute achieved (made at the emulator between the
@@ -88,7 +88,9 @@ BURST_SECONDS = 6.0
 MAX_GROUP_IMAGES = 15
 RUN_TIMEOUT = 3600.0
 _TASK_TITLE = re.compile(r"^airflow worker -- ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
-_PROGRESS = re.compile(r"limit (?P<limit>[\d.]+) of (?P<maximum>\d+), (?P<limited>\d+) rate-limited answers")
+_PROGRESS = re.compile(
+    r"window (?P<limit>\d+) of (?P<maximum>\d+), paced at (?P<pace>[\d.]+|-) images/min, (?P<limited>\d+) rate-limited answers"
+)
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 NAMES = ("mug", "lamp", "chair", "vase", "kettle", "backpack", "sneaker", "clock", "speaker", "throw blanket")

@@ -1,4 +1,4 @@
-"""Run every benchmark (throughput, memory, parse cost, overhead, streaming, rate limit) and print one combined table.
+"""Run every benchmark (throughput, memory, parse cost, overhead, streaming, pacing, rate limit) and print one combined table.
 
 Each benchmark runs as its own script in a child process, with its output shown as it
 comes; the combined table and one JSON line (every benchmark's figures) come last.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCHMARKS, ROOT, emit, machine, table, verdict  # noqa: E402
 
-ORDER = ("throughput", "plan", "memory", "parse_cost", "overhead", "streaming", "rate_limit")
+ORDER = ("throughput", "plan", "memory", "parse_cost", "overhead", "streaming", "pacing", "rate_limit")
 PARAMETERS: dict[str, dict[str, list[str]]] = {
     "default": {name: [] for name in ORDER},
     "quick": {
@@ -36,6 +36,7 @@ PARAMETERS: dict[str, dict[str, list[str]]] = {
         "parse_cost": ["--repeat", "3"],
         "overhead": ["--n", "100", "--repeat", "1"],
         "streaming": ["--repeat", "1"],
+        "pacing": ["--prompts", "300"],
         "rate_limit": ["--prompts", "500", "--small", "200"],
     },
     # For the smoke test: every code path, no meaningful figures.
@@ -49,6 +50,7 @@ PARAMETERS: dict[str, dict[str, list[str]]] = {
         "parse_cost": ["--repeat", "1"],
         "overhead": ["--n", "4", "--concurrency", "2", "--repeat", "1"],
         "streaming": ["--images", "3", "--latency", "0.1", "--repeat", "1"],
+        "pacing": ["--tiny"],
         "rate_limit": ["--tiny"],
     },
 }
@@ -139,6 +141,14 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
             ["streaming", "first image in S3, s, stream=False", st["first_image_s"]["at_once"], "", ""],
             ["streaming", "total s, stream=True / stream=False", f"{st['total_s']['streamed']:.2f} / {st['total_s']['at_once']:.2f}", "", ""],
         ]
+    if "pacing" in results:
+        pc = results["pacing"]
+        for tasks in ("one_task", "two_tasks"):
+            name = tasks.replace("_", " ")
+            rows += [
+                ["pacing", f"{name}: images/min / limit", pc[f"{tasks}_of_limit"], ">= 0.95", verdict(pc[f"{tasks}_of_limit"], 0.95, True)],
+                ["pacing", f"{name}: share answered 429", pc[f"{tasks}_share_429"], "<= 0.02", verdict(pc[f"{tasks}_share_429"], 0.02, False)],
+            ]
     if "rate_limit" in results:
         r = results["rate_limit"]
         setting = f"{r['prompts']} products, limit {r['images_per_minute']:g}/min"

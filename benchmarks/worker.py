@@ -29,7 +29,8 @@ starts: the figures cover the task's work (connections, clients, requests, trans
 not the interpreter's or Airflow's start-up. The spec's other fields: ``n`` (prompts),
 ``concurrency`` (operator only), ``size`` (``None`` for the service default, 2048x2048),
 ``prefix`` (S3 key prefix), ``label`` (a tag that makes the prompts unique to the run) and, for
-the operator, ``group`` (images per prompt, in group mode) and ``stream``.
+the operator, ``group`` (images per prompt, in group mode), ``stream``, ``adaptive``
+(``adaptive_concurrency``) and ``hook_params``.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def task_context(label: str) -> dict[str, Any]:
     return {"ti": ti, "task_instance": ti, "dag_run": DagRun(run_id), "run_id": run_id}
 
 
-def run_operator(spec: dict[str, Any]) -> None:
+def run_operator(spec: dict[str, Any]) -> dict[str, Any]:
     """The provider: one task, ``max_concurrency`` prompts in flight.
 
     With ``group`` in the spec, each prompt asks for a group of that many images
@@ -112,6 +113,10 @@ def run_operator(spec: dict[str, Any]) -> None:
         parameters["sequential_image_generation_options"] = {"max_images": spec["group"]}
     if spec.get("stream") is not None:
         parameters["stream"] = spec["stream"]
+    if spec.get("adaptive") is not None:
+        parameters["adaptive_concurrency"] = spec["adaptive"]
+    if spec.get("hook_params"):
+        parameters["hook_params"] = spec["hook_params"]
     operator = SeedreamToS3Operator(
         task_id="generate",
         prompt=prompts(spec["n"], spec["label"]),
@@ -124,6 +129,8 @@ def run_operator(spec: dict[str, Any]) -> None:
     records = operator.execute(task_context(spec["label"]))  # type: ignore[arg-type]
     expected = spec["n"] * (spec.get("group") or 1)
     assert len(records) == expected, f"stored {len(records)} of {expected}"
+    pacer = operator._runner.pacer
+    return {"pace_images_per_minute": pacer.images_per_minute, "rate_limited": pacer.rate_limited}
 
 
 def run_naive(spec: dict[str, Any]) -> None:

@@ -48,6 +48,11 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
         ["--images", "6", "--latency", "1.0", "--repeat", "1"],
         {"benchmark", "images", "latency_s", "first_image_s", "total_s", "first_image_sooner", "total_ratio", "ways"},
     ),
+    "pacing": (
+        ["--tiny"],
+        {"benchmark", "prompts", "images_per_minute", "cases", "one_task_of_limit", "one_task_share_429",
+         "two_tasks_of_limit", "two_tasks_share_429"},
+    ),
     # A real Airflow deployment (api-server, scheduler, dag-processor) running the catalog DAG twice.
     "rate_limit": (
         ["--tiny"],
@@ -97,6 +102,14 @@ def test_benchmark_ends_with_its_json_figures(name: str) -> None:
         # The headline at a loose floor: 24 prompts at 1 s, 12 at a time, against one after another
         # (about 9x here on a loaded machine; 12x at most).
         assert figures["speedup_vs_naive"] >= 5, (figures["wall_s"], figures["naive_wall_s"])
+    if name == "pacing":
+        cases = figures["cases"]
+        assert set(cases) == {"1-paced", "1-fixed", "2-paced", "2-fixed"}
+        assert all(case["images"] == 60 for case in cases.values()), {n: c["images"] for n, c in cases.items()}
+        # The headline at a loose floor: a task that paces itself meets far fewer 429s than one that
+        # keeps max_concurrency in flight (about 0.02 against 0.35 here).
+        assert cases["1-paced"]["share_429"] < 0.5 * cases["1-fixed"]["share_429"], cases
+        assert cases["1-paced"]["learned_images_per_minute"][0] is not None, "the task learned a pace"
     if name == "rate_limit":
         # Every product made its image in both runs, and the task processes were found under the scheduler.
         assert {run["state"] for run in figures["runs"].values()} == {"success"}

@@ -26,6 +26,7 @@ from airflow_provider_seedream.exceptions import (
     UNKNOWN_OUTCOME_STATUSES,
     SeedreamAPIError,
     SeedreamDownloadError,
+    SeedreamSendCancelled,
     SeedreamUnknownOutcomeError,
     SeedreamValidationError,
 )
@@ -221,8 +222,11 @@ class SeedreamHook(BaseHook):
         self.max_download_bytes = as_int("max_download_bytes", max_download_bytes, 1)
         self._lock = threading.Lock()
         self._session: requests.Session | None = None
-        #: Called with each rate-limit answer that is about to be retried (an adaptive limit listens).
-        self.on_rate_limited: Callable[[SeedreamAPIError], None] | None = None
+        #: Called before each attempt of a generation request, retries included, with its body: it may
+        #: wait (a batch's pace); ``False`` cancels the request, which is then not sent.
+        self.before_send: Callable[[dict[str, Any]], bool] | None = None
+        #: Called with each 429 a generation request is answered, and the request's body.
+        self.on_rate_limited: Callable[[SeedreamAPIError, dict[str, Any]], None] | None = None
         self._warned: set[str] = set()
         self._settings: dict[str, Any] | None = None
 
@@ -491,6 +495,8 @@ class SeedreamHook(BaseHook):
     ) -> requests.Response:
         """POST ``body``; return a 200 response whose body is still to be read, or raise what happened."""
         settings = self.settings
+        if self.before_send is not None and not self.before_send(body):
+            raise SeedreamSendCancelled("the request was cancelled before it was sent: nothing was paid for")
         try:
             response = session.post(
                 settings["endpoint"],
@@ -516,7 +522,10 @@ class SeedreamHook(BaseHook):
                     f"a gateway answered HTTP {response.status_code}"
                     + (f" (request id {request_id})" if request_id else "")
                 )
-            raise api_error(response)
+            refusal = api_error(response)
+            if refusal.status == 429 and self.on_rate_limited is not None:
+                self.on_rate_limited(refusal, body)
+            raise refusal
 
     def _read_answer(self, response: requests.Response, request_id: str | None, spool: bool) -> GenerationResult:
         """Parse a 200 answer item by item; an answer that breaks off keeps the images already read."""
@@ -571,8 +580,6 @@ class SeedreamHook(BaseHook):
     def _retrying(self, predicate: Callable[[BaseException], bool], what: str) -> tenacity.Retrying:
         def log_retry(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
-            if isinstance(error, SeedreamAPIError) and error.status == 429 and self.on_rate_limited is not None:
-                self.on_rate_limited(error)
             self.log.warning(
                 "Seedream %s failed (%s); retry %d of %d in %.2f s",
                 what,

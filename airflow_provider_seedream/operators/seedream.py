@@ -100,10 +100,11 @@ class SeedreamToS3Operator(BaseOperator):
     :param replace: generate again even when the same images are already stored.
     :param max_concurrency: generation requests in flight at once within the task; as many
         threads download and upload the images of answered prompts beside them.
-    :param adaptive_concurrency: halve the requests in flight when the service answers a rate
-        limit, and grow them back to ``max_concurrency`` as answers arrive (the default); with
-        ``False`` the task keeps ``max_concurrency`` in flight and leaves rate limits to the
-        hook's retries (an endpoint of your own, or a baseline to measure against).
+    :param adaptive_concurrency: pace sends to the account's images-per-minute limit, learned from
+        the service's rate-limit answers, with the requests in flight that pace needs, at most
+        ``max_concurrency`` (the default); with ``False`` the task keeps ``max_concurrency`` in
+        flight, sends at once and leaves rate limits to the hook's retries (an endpoint of your
+        own, or a baseline to measure against).
     :param reference_transport: how local and ``s3://`` references are sent: ``data_uri`` or
         ``presigned_url`` (the service must then reach the S3 endpoint).
     :param prompt_index_offset: added to each prompt's position to form its index and key.

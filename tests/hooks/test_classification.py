@@ -278,18 +278,30 @@ def test_a_cut_answer_keeps_the_images_that_arrived(raw_hook):
     assert server.requests == 1, "never sent again"
 
 
-def test_a_rate_limit_retried_is_reported_to_the_batch(raw_hook):
+def test_every_rate_limit_is_reported_to_the_batch_and_every_attempt_asks_for_its_turn(raw_hook):
     hook, server = raw_hook(http_answer("429 Too Many Requests", b'{"error": {"code": "RateLimitExceeded", "message": "m"}}'))
-    seen, said = [], []
-    hook.on_rate_limited = seen.append
+    seen, said, turns = [], [], []
+    hook.on_rate_limited = lambda error, body: seen.append((error.status, body["prompt"]))
+    hook.before_send = lambda body: turns.append(body["prompt"]) or True
     hook.log.warning = lambda message, *args: said.append(message % args)  # type: ignore[method-assign]
     with pytest.raises(SeedreamAPIError):
         hook.generate_images("a kite", size="2K")
-    assert server.requests == 3 and [error.status for error in seen] == [429, 429], "each retried 429, once"
+    assert server.requests == 3 and seen == [(429, "a kite")] * 3, "each 429, the last one too, once"
+    assert turns == ["a kite"] * 3, "each attempt, retries included, waits for its turn"
     assert [line.split("; ")[0] for line in said] == ["Seedream generation failed (HTTP 429 RateLimitExceeded: m)"] * 2
     assert said[1].endswith("; retry 2 of 2 in " + said[1].rsplit(" in ", 1)[1]) and said[1].endswith(" s")
     other, _ = raw_hook(http_answer("500 Internal Server Error", b'{"error": {"code": "InternalServiceError", "message": "m"}}'))
-    other.on_rate_limited = seen.append
+    other.on_rate_limited = lambda error, body: seen.append((error.status, body["prompt"]))
     with pytest.raises(SeedreamAPIError):
         other.generate_images("a kite", size="2K")
-    assert len(seen) == 2, "a 500 is no rate limit"
+    assert len(seen) == 3, "a 500 is no rate limit"
+
+
+def test_a_request_cancelled_before_its_turn_is_never_sent(raw_hook):
+    from airflow_provider_seedream.exceptions import SeedreamSendCancelled
+
+    hook, server = raw_hook(http_answer("200 OK", b'{"data": []}'))
+    hook.before_send = lambda body: False
+    with pytest.raises(SeedreamSendCancelled):
+        hook.generate_images("a kite", size="2K")
+    assert server.requests == 0, "nothing reached the service, and it is not retried"
