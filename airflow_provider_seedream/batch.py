@@ -211,6 +211,9 @@ class BatchRunner:
             self._interrupted |= interrupt
             self._changed.notify_all()
 
+    def _stopped(self) -> bool:
+        return self._stop_reason is not None
+
     @property
     def budget_spent(self) -> bool:
         """Whether the batch stopped because ``max_billed_images`` was reached."""
@@ -222,9 +225,8 @@ class BatchRunner:
         self._jobs = {job.index: job for job in jobs}
         self._states = {job.index: State.QUEUED for job in jobs}
         self._progress = {job.index: _Progress() for job in jobs}
-        stopped = lambda: self._stop_reason is not None  # noqa: E731
         # Every attempt of a generation request, retries included, waits for its turn at the pace.
-        self.hook.before_send = lambda body: self.pacer.wait_turn(requested_image_count(body), stopped)
+        self.hook.before_send = lambda body: self.pacer.wait_turn(requested_image_count(body), self._stopped)
         self.hook.on_rate_limited = lambda error, body: self.pacer.refused(error.code, requested_image_count(body))
         try:
             self.ledger.start_heartbeat()
@@ -538,7 +540,7 @@ class BatchRunner:
         self, job: PromptJob, transfers: queue.SimpleQueue[_Transfer | None], report: BatchReport, wait_until: float
     ) -> bool:
         """Send one job, once the ledger lets it be sent; ``False`` to be called again after waiting."""
-        if not self.pacer.acquire(lambda: self._stop_reason is not None):
+        if not self.pacer.acquire(self._stopped):
             self._not_sent(job, report, self._stop_reason or "stopped")
             return True
         sent = False
@@ -566,9 +568,7 @@ class BatchRunner:
                     self._progress[job.index].outstanding = 1  # the request itself
                     self._set_state(job, State.SENDING)
             if reason is not None:  # stopped between the claim and the send: nothing is spent
-                self._write_record(job, states.RELEASED, reason=f"not sent: {reason}"[:300])
-                self._settle(job, billed=0)
-                self._not_sent(job, report, reason)
+                self._release_claim(job, report, reason)
                 return True
             sent = True
             self._send(job, transfers, report)
@@ -667,13 +667,16 @@ class BatchRunner:
                 self.pacer.release()
 
     def _cancelled(self, job: PromptJob, report: BatchReport) -> None:
-        reason = self._stop_reason or "stopped"
         with self.ledger.lock(job.stem):
             if self._states[job.index] is not State.SENDING:
                 return  # abandoned meanwhile, and recorded
-            self._write_record(job, states.RELEASED, reason=f"not sent: {reason}"[:300])
-            self._not_sent(job, report, reason)
+            self._release_claim(job, report, self._stop_reason or "stopped")
+
+    def _release_claim(self, job: PromptJob, report: BatchReport, reason: str) -> None:
+        """The claimed prompt is not sent after all: its claim and its budget hold are released."""
+        self._write_record(job, states.RELEASED, reason=f"not sent: {reason}"[:300])
         self._settle(job, billed=0)
+        self._not_sent(job, report, reason)
 
     def _settle(self, job: PromptJob, *, billed: int | None) -> None:
         """Replace the job's hold on the budget by what it cost (``None``: unknown, so count it all); once."""

@@ -169,7 +169,7 @@ class SendPacer:
             pace = self._pace_now()
             self._next_send = max(now, self._next_send) + (images / pace if pace else 0.0)
             self._sent.append((now, images))
-            while self._sent and self._sent[0][0] < now - max(1.0, self.latency or 1.0):
+            while self._sent and self._sent[0][0] < now - self._recent_span():
                 self._sent.popleft()
             self._admitted += images  # admitted, unless the service refuses it
             self._local.granted = now
@@ -211,12 +211,16 @@ class SendPacer:
             self.learned = self._admitted / span
             self._set_pace(now, (1.0 - MARGIN) * self.learned)
         elif self.pace is None:  # the first: well under what was being sent
-            window = max(1.0, self.latency or 1.0)
-            recent = max(sum(images for at, images in self._sent if at > now - window) / window, 1.0 / window)
+            back = self._recent_span()
+            recent = max(sum(images for at, images in self._sent if at > now - back) / back, 1.0 / back)
             current = self._pace_now()
             self._set_pace(now, FIRST_CUT * (recent if current is None else min(current, recent)))
         else:  # too little admitted since the last rate limit to measure a share
             self._set_pace(now, CUT * (self._pace_now() or self.pace))
+
+    def _recent_span(self) -> float:
+        """How far back the sends the first rate limit cuts from are kept: a round trip, at least 1 s."""
+        return max(1.0, self.latency or 1.0)
 
     def _set_pace(self, now: float, pace: float) -> None:
         self.pace = max(pace, 1.0 / 60.0)
