@@ -199,6 +199,8 @@ class BatchRunner:
         )
         self._references: dict[str, tuple[float, str]] = {}
         self._reference_locks: dict[str, threading.Lock] = {}
+        # Set on a generation thread that took its request's first turn before claiming the prompt.
+        self._turn_taken = threading.local()
 
     # -- the public face: run, stop -------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class BatchRunner:
         self._states = {job.index: State.QUEUED for job in jobs}
         self._progress = {job.index: _Progress() for job in jobs}
         # Every attempt of a generation request, retries included, waits for its turn at the pace.
-        self.hook.before_send = lambda body: self.pacer.wait_turn(requested_image_count(body), self._stopped)
+        self.hook.before_send = self._before_send
         self.hook.on_rate_limited = lambda error, body: self.pacer.refused(error.code, requested_image_count(body))
         try:
             self.ledger.start_heartbeat()
@@ -546,9 +548,14 @@ class BatchRunner:
         sent = False
         try:
             reason = self._stop_reason or self._dead_models.get(str(job.body.get("model")))
+            if reason is None and not self.pacer.wait_turn(job.requested_images, self._stopped):
+                reason = self._stop_reason or "stopped"
             if reason is not None:
                 self._not_sent(job, report, reason)
                 return True
+            # The turn comes before the claim: a task killed while its requests wait for their turn
+            # leaves no claim of a request that was never sent (which a retry would call unknown).
+            self._turn_taken.job = job.index
             decision = self._claim(job)
             if decision.action is Action.WAIT:
                 self.pacer.release()
@@ -574,6 +581,9 @@ class BatchRunner:
             self._send(job, transfers, report)
             return True
         finally:
+            if getattr(self._turn_taken, "job", None) is not None:  # taken, and not sent after all
+                self._turn_taken.job = None
+                self.pacer.unused_turn(job.requested_images)
             if not sent:
                 self.pacer.release()
 
@@ -665,6 +675,13 @@ class BatchRunner:
         finally:
             if not answered:
                 self.pacer.release()
+
+    def _before_send(self, body: dict[str, Any]) -> bool:
+        """Whether a request may be sent now: its turn at the pace, unless taken before the claim."""
+        if getattr(self._turn_taken, "job", None) is not None:
+            self._turn_taken.job = None  # the first attempt's turn; a retry waits for one of its own
+            return not self._stopped()
+        return self.pacer.wait_turn(requested_image_count(body), self._stopped)
 
     def _cancelled(self, job: PromptJob, report: BatchReport) -> None:
         with self.ledger.lock(job.stem):

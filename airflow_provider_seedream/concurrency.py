@@ -175,6 +175,12 @@ class SendPacer:
             self._local.granted = now
             return 0.0
 
+    def unused_turn(self, images: int) -> None:
+        """A turn taken for ``images`` images was not used: nothing was sent, so nothing was admitted."""
+        self._local.granted = None
+        with self._changed:
+            self._admitted -= images
+
     def wait_turn(self, images: int, stopped: Callable[[], bool]) -> bool:
         """Wait for a request's turn at the pace; ``False`` when ``stopped()`` turned true (nothing is sent)."""
         while True:

@@ -212,3 +212,49 @@ def test_a_batch_without_adaptation_keeps_its_concurrency_through_rate_limits(se
     op = operator(bucket, [f"a steady tile {n}" for n in range(3)], max_concurrency=8, adaptive_concurrency="false")
     assert len(execute(op)) == 3
     assert op._runner.pacer.rate_limited == 3 and op._runner.pacer.window == 8 and op._runner.pacer.pace is None
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_prompt_waiting_for_its_turn_holds_no_claim(seedream_emulator, s3_client, bucket, monkeypatch):
+    """The turn comes before the claim: a task stopped (or killed) while requests wait for their turn
+    leaves records only of requests the service received, so a retry finds no false unknown outcome."""
+    import time
+
+    from airflow_provider_seedream import batch
+    from airflow_provider_seedream.version_compat import AirflowFailException
+    from tests.reliability.test_spend_safety import execute, ledger, operator
+
+    class OneASecond(SendPacer):
+        """A pacer that has learned a share of one image a second."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.learned, self.latency = 1.0, 0.1
+            self._set_pace(self.clock(), 1.0)
+
+    monkeypatch.setattr(batch, "SendPacer", OneASecond)
+    op = operator(bucket, [f"a patient tile {n}" for n in range(8)], max_concurrency=4)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            execute(op)
+        except BaseException as error:  # noqa: BLE001 - the stop's failure, asserted below
+            failed.append(error)
+
+    task = threading.Thread(target=run)
+    task.start()
+    deadline = time.monotonic() + 30
+    while seedream_emulator.stats()["images_generated"] < 2:  # the next turn is a second away
+        assert time.monotonic() < deadline and task.is_alive(), "the batch made no progress"
+        time.sleep(0.01)
+    op.on_kill()
+    task.join(30)
+    time.sleep(0.5)  # the threads waiting for their turn see the stop within a quarter second
+
+    assert failed and isinstance(failed[0], AirflowFailException)
+    sent = seedream_emulator.stats()["generation_requests"]
+    records = ledger(s3_client, bucket)
+    assert sent >= 2
+    assert len(records) == sent, f"only requests the service received have records: {({stem: r['status'] for stem, r in records.items()})}"
+    assert {record["status"] for record in records.values()} == {"stored"}
